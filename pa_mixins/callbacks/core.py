@@ -1,0 +1,146 @@
+"""The callback protocol: :class:`TrainerCallback`, :class:`CallbackHandler` and the errors."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from pa_mixins.base import BaseTrainer
+
+__all__ = [
+    "CallbackHandler",
+    "CallbackMethodNotImplementedError",
+    "StopTrainingError",
+    "TrainerCallback",
+]
+
+
+class StopTrainingError(Exception):
+    """Raise from any hook or callback to end the run early.
+
+    The trainer catches it, prints it, fires ``on_stop_training_error`` and then runs the
+    end-of-run hooks as usual.
+    """
+
+
+class CallbackMethodNotImplementedError(Exception):
+    """Raised internally when a callback does not handle an event; the handler skips it."""
+
+
+class TrainerCallback:
+    """Base class for callbacks: every event is a no-op; override the ones you need.
+
+    Callbacks observe the run and decide (log, stop, save); they should not change how the loop
+    computes (that is what mixins and hooks are for). Each event is called as
+    ``callback.<event>(trainer, **kwargs)``, after the trainer hook of the same name.
+    A custom event fired with ``trainer.callback_handler.call_event("name", trainer, ...)`` is
+    skipped by callbacks that do not define it.
+    """
+
+    def on_init_end(self, trainer: BaseTrainer, **kwargs: Any) -> None:
+        """End of the trainer's constructor."""
+
+    def on_training_run_start(self, trainer: BaseTrainer, **kwargs: Any) -> None:
+        """Start of ``train()``, after ``training_run_start``; loaders, run config and
+        scheduler exist."""
+
+    def on_train_epoch_start(self, trainer: BaseTrainer, **kwargs: Any) -> None:
+        """Start of a training epoch, after ``train_epoch_start`` (model in train mode)."""
+
+    def on_train_step_start(self, trainer: BaseTrainer, **kwargs: Any) -> None:
+        """Start of each training micro-batch."""
+
+    def on_train_step_end(
+        self, trainer: BaseTrainer, batch: Any, batch_output: dict[str, Any], **kwargs: Any
+    ) -> None:
+        """After the forward pass and loss of a micro-batch, before its backward pass.
+        ``step`` is the micro-batch index within the epoch."""
+
+    def on_optimizer_step_end(self, trainer: BaseTrainer, **kwargs: Any) -> None:
+        """After each real optimizer update (and its scheduler step and ``zero_grad``), once
+        per update, never for accumulation micro-batches. ``num_updates`` is the number of
+        updates done in the run so far (per process). For EMA, step-based evaluation,
+        periodic saving and step logging."""
+
+    def on_train_epoch_end(self, trainer: BaseTrainer, **kwargs: Any) -> None:
+        """End of a training epoch, after ``train_loss_epoch`` was recorded."""
+
+    def on_eval_epoch_start(self, trainer: BaseTrainer, **kwargs: Any) -> None:
+        """Start of an evaluation epoch (model in eval mode); ``is_intermediate`` says whether
+        it runs inside a training epoch."""
+
+    def on_eval_step_start(self, trainer: BaseTrainer, **kwargs: Any) -> None:
+        """Start of each evaluation batch."""
+
+    def on_eval_step_end(
+        self, trainer: BaseTrainer, batch: Any, batch_output: dict[str, Any], **kwargs: Any
+    ) -> None:
+        """After an evaluation batch's loss was computed."""
+
+    def on_eval_epoch_end(self, trainer: BaseTrainer, **kwargs: Any) -> None:
+        """End of an evaluation epoch, after its loss was recorded."""
+
+    def on_training_run_epoch_end(self, trainer: BaseTrainer, **kwargs: Any) -> None:
+        """After an epoch's training and evaluation, before the epoch counter moves on."""
+
+    def on_training_run_end(self, trainer: BaseTrainer, **kwargs: Any) -> None:
+        """End of ``train()``, after ``training_run_end`` (the model is unwrapped)."""
+
+    def on_evaluation_run_start(self, trainer: BaseTrainer, **kwargs: Any) -> None:
+        """Start of ``evaluate()``, after ``evaluation_run_start``."""
+
+    def on_evaluation_run_end(self, trainer: BaseTrainer, **kwargs: Any) -> None:
+        """End of ``evaluate()``, after ``evaluation_run_end``."""
+
+    def on_stop_training_error(self, trainer: BaseTrainer, **kwargs: Any) -> None:
+        """A :class:`StopTrainingError` ended the run early."""
+
+    def __getattr__(self, item: str) -> Any:
+        if item.startswith("on_"):
+            raise CallbackMethodNotImplementedError(item)
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {item!r}")
+
+
+class CallbackHandler:
+    """Calls the callbacks of a trainer, in the order they were given.
+
+    Classes are instantiated with no arguments; instances are used as they are. Two callbacks
+    of the same class are refused: state-writing callbacks should come before those that read.
+    """
+
+    def __init__(self, callbacks: Iterable[Any] = ()) -> None:
+        self.callbacks: list[Any] = []
+        self.add_callbacks(callbacks)
+
+    def add_callbacks(self, callbacks: Iterable[Any]) -> None:
+        for callback in callbacks:
+            self.add_callback(callback)
+
+    def add_callback(self, callback: Any) -> None:
+        cls = callback if isinstance(callback, type) else type(callback)
+        if any(type(existing) is cls for existing in self.callbacks):
+            raise ValueError(
+                f"A callback of type {cls.__name__} is already registered; "
+                f"current callbacks: {self.callback_list}"
+            )
+        self.callbacks.append(callback() if isinstance(callback, type) else callback)
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter(self.callbacks)
+
+    def clear_callbacks(self) -> None:
+        self.callbacks = []
+
+    @property
+    def callback_list(self) -> list[str]:
+        return [type(callback).__name__ for callback in self.callbacks]
+
+    def call_event(self, event: str, *args: Any, **kwargs: Any) -> None:
+        """Call ``event`` on every callback that handles it."""
+        for callback in self.callbacks:
+            try:
+                method = getattr(callback, event)
+            except CallbackMethodNotImplementedError:
+                continue
+            method(*args, **kwargs)

@@ -1,0 +1,183 @@
+"""The callbacks a trainer uses when none are given: device placement, NaN stop, progress
+messages, progress bars and metric logging."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import nn
+
+from pa_mixins.callbacks.core import StopTrainingError, TrainerCallback
+
+if TYPE_CHECKING:
+    from pa_mixins.base import BaseTrainer
+
+__all__ = [
+    "LogMetricsCallback",
+    "MoveModulesToDeviceCallback",
+    "PrintProgressCallback",
+    "ProgressBarCallback",
+    "TerminateOnNaNCallback",
+]
+
+
+class LogMetricsCallback(TrainerCallback):
+    """Print the latest metrics: names containing ``"train"`` at the end of each training
+    epoch, the others at the end of each evaluation epoch. Override :meth:`log_metrics` to
+    send them elsewhere (an experiment tracker, a file)."""
+
+    def on_train_epoch_end(self, trainer: BaseTrainer, **kwargs: Any) -> None:
+        self._log_latest(trainer, lambda name: "train" in name)
+
+    def on_eval_epoch_end(self, trainer: BaseTrainer, **kwargs: Any) -> None:
+        self._log_latest(trainer, lambda name: "train" not in name)
+
+    def _log_latest(self, trainer: BaseTrainer, keep: Any) -> None:
+        history = trainer.run_history
+        metrics = {
+            name: history.get_latest_metric(name)
+            for name in sorted(history.get_metric_names())
+            if keep(name) and history.get_metric_values(name)
+        }
+        self.log_metrics(trainer, metrics)
+
+    def log_metrics(self, trainer: BaseTrainer, metrics: dict[str, Any]) -> None:
+        """Write ``metrics`` (name to latest value); prints them by default."""
+        for name, value in metrics.items():
+            trainer.print(f"\n{name}: {value}")
+
+
+class ProgressBarCallback(TrainerCallback):
+    """A tqdm progress bar for each training and evaluation epoch (first process of each
+    machine only). Updating it reads nothing from the device."""
+
+    def __init__(self) -> None:
+        self.pbar: Any = None
+
+    def _open(self, trainer: BaseTrainer, dataloader: Any, desc: str) -> None:
+        from tqdm.auto import tqdm  # tqdm comes with accelerate (through huggingface_hub)
+
+        try:
+            total = len(dataloader)
+        except TypeError:
+            total = None
+        disable = not getattr(trainer, "is_local_process_zero", True)
+        self.pbar = tqdm(total=total, desc=desc, disable=disable, leave=False)
+
+    def _advance(self) -> None:
+        if self.pbar is not None:
+            self.pbar.update(1)
+
+    def _close(self) -> None:
+        if self.pbar is not None:
+            self.pbar.close()
+            self.pbar = None
+
+    def on_train_epoch_start(self, trainer: BaseTrainer, **kwargs: Any) -> None:
+        self._open(trainer, trainer._train_dataloader, "train")
+
+    def on_train_step_end(self, trainer: BaseTrainer, **kwargs: Any) -> None:
+        self._advance()
+
+    def on_train_epoch_end(self, trainer: BaseTrainer, **kwargs: Any) -> None:
+        self._close()
+
+    def on_eval_epoch_start(self, trainer: BaseTrainer, **kwargs: Any) -> None:
+        self._open(trainer, trainer._eval_dataloader, "eval")
+
+    def on_eval_step_end(self, trainer: BaseTrainer, **kwargs: Any) -> None:
+        self._advance()
+
+    def on_eval_epoch_end(self, trainer: BaseTrainer, **kwargs: Any) -> None:
+        self._close()
+
+    def on_stop_training_error(self, trainer: BaseTrainer, **kwargs: Any) -> None:
+        self._close()
+
+
+class PrintProgressCallback(TrainerCallback):
+    """Print a line when a run or an epoch starts and when a run ends."""
+
+    def on_training_run_start(self, trainer: BaseTrainer, **kwargs: Any) -> None:
+        trainer.print("\nStarting training run")
+
+    def on_train_epoch_start(self, trainer: BaseTrainer, **kwargs: Any) -> None:
+        trainer.print(f"\nStarting epoch {trainer.run_history.current_epoch}")
+
+    def on_training_run_end(self, trainer: BaseTrainer, **kwargs: Any) -> None:
+        trainer.print("Finishing training run")
+
+    def on_eval_epoch_start(self, trainer: BaseTrainer, **kwargs: Any) -> None:
+        if kwargs.get("is_intermediate"):
+            trainer.print("\nStarting intermediate evaluation")
+
+    def on_evaluation_run_start(self, trainer: BaseTrainer, **kwargs: Any) -> None:
+        trainer.print("\nStarting evaluation run")
+
+    def on_evaluation_run_end(self, trainer: BaseTrainer, **kwargs: Any) -> None:
+        trainer.print("Finishing evaluation run")
+
+
+class TerminateOnNaNCallback(TrainerCallback):
+    """Stop the run when a batch loss is NaN or infinite.
+
+    To keep the loop free of per-step device-to-host synchronisation, the check of a step's
+    loss is made at the next step (and at the end of the epoch): training stops **at most one
+    step late**, so at most one update has used a non-finite loss. The trainer catches the
+    :class:`StopTrainingError` and ends the run normally; :attr:`triggered` stays ``True`` so a
+    script can tell (the process is not exited).
+    """
+
+    def __init__(self) -> None:
+        self.triggered = False
+        self._pending: torch.Tensor | None = None
+        self._pending_where = ""
+
+    def _check_pending(self) -> None:
+        pending, self._pending = self._pending, None
+        if pending is not None and not bool(pending):
+            self.triggered = True
+            raise StopTrainingError(f"Stopping training: a non-finite loss was found in a {self._pending_where} step")
+
+    def _record(self, batch_output: dict[str, Any], where: str) -> None:
+        self._check_pending()
+        loss = batch_output["loss"]
+        if isinstance(loss, torch.Tensor):
+            self._pending = torch.isfinite(loss.detach()).all()
+            self._pending_where = where
+
+    def on_training_run_start(self, trainer: BaseTrainer, **kwargs: Any) -> None:
+        self.triggered = False
+        self._pending = None
+
+    def on_train_step_end(self, trainer: BaseTrainer, batch_output: dict[str, Any], **kwargs: Any) -> None:
+        self._record(batch_output, "training")
+
+    def on_eval_step_end(self, trainer: BaseTrainer, batch_output: dict[str, Any], **kwargs: Any) -> None:
+        self._record(batch_output, "validation")
+
+    def on_train_epoch_end(self, trainer: BaseTrainer, **kwargs: Any) -> None:
+        self._check_pending()
+
+    def on_eval_epoch_end(self, trainer: BaseTrainer, **kwargs: Any) -> None:
+        self._check_pending()
+
+    def on_stop_training_error(self, trainer: BaseTrainer, **kwargs: Any) -> None:
+        self._pending = None
+
+
+class MoveModulesToDeviceCallback(TrainerCallback):
+    """Move every ``nn.Module`` attribute of the trainer other than ``model`` (a loss module,
+    a metrics collection) to the trainer's device at the start of a run."""
+
+    def _move(self, trainer: BaseTrainer) -> None:
+        for name, value in vars(trainer).items():
+            if name != "model" and isinstance(value, nn.Module):
+                value.to(trainer.device)
+
+    def on_training_run_start(self, trainer: BaseTrainer, **kwargs: Any) -> None:
+        self._move(trainer)
+
+    def on_evaluation_run_start(self, trainer: BaseTrainer, **kwargs: Any) -> None:
+        self._move(trainer)

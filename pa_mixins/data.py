@@ -1,0 +1,114 @@
+"""Dataloader defaults and the epoch-seeded shuffling sampler used by the trainers."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator, Sized
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader, IterableDataset, Sampler
+
+from pa_mixins.utils import worker_init_fn
+
+__all__ = ["EpochShuffleSampler", "default_dataloader_kwargs", "has_length", "make_dataloader"]
+
+
+class EpochShuffleSampler(Sampler[int]):
+    """A random permutation of the dataset that depends only on ``(seed, epoch)``.
+
+    The trainer calls :meth:`set_epoch` before each epoch, so every process shuffles alike (the
+    seed is shared) and a resumed run can replay any epoch's order exactly.
+    """
+
+    def __init__(self, data_source: Sized, seed: int) -> None:
+        self.data_source = data_source
+        self.seed = seed
+        self.epoch = 0
+        self._skip_next = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def skip_next(self, num_indices: int) -> None:
+        """Make the next iteration start after its first ``num_indices`` indices (to resume in
+        the middle of an epoch without loading the skipped samples). ``len()`` is unchanged."""
+        self._skip_next = num_indices
+
+    def __iter__(self) -> Iterator[int]:
+        generator = torch.Generator()
+        generator.manual_seed(self.seed + self.epoch)
+        order = torch.randperm(len(self.data_source), generator=generator).tolist()
+        skip, self._skip_next = self._skip_next, 0
+        yield from order[skip:]
+
+    def __len__(self) -> int:
+        return len(self.data_source)
+
+
+def has_length(obj: Any) -> bool:
+    """Whether ``len(obj)`` works (an ``IterableDataset`` or a loader over one may not)."""
+    try:
+        len(obj)
+    except TypeError:
+        return False
+    return True
+
+
+def default_dataloader_kwargs(batch_size: int, shuffle: bool, device: torch.device) -> dict[str, Any]:
+    """The loader settings the trainers start from.
+
+    * ``num_workers``: 0 on the CPU — a worker pool only slows down data already in memory,
+      and the training itself needs the cores; on an accelerator, up to 8 workers per device
+      so that loading overlaps with the device's work.
+    * ``pin_memory`` on CUDA only; ``persistent_workers`` whenever there are workers.
+    """
+    if device.type == "cpu":
+        num_workers = 0
+    else:
+        devices = max(torch.cuda.device_count(), 1) if device.type == "cuda" else 1
+        num_workers = min(8, max((os.cpu_count() or 1) // devices, 1))
+    kwargs: dict[str, Any] = {
+        "shuffle": shuffle,
+        "pin_memory": device.type == "cuda",
+        "batch_size": batch_size,
+        "num_workers": num_workers,
+        "worker_init_fn": worker_init_fn,
+    }
+    if num_workers > 0:
+        kwargs["persistent_workers"] = True
+    return kwargs
+
+
+def make_dataloader(
+    dataset: Any,
+    default_kwargs: dict[str, Any],
+    user_kwargs: dict[str, Any] | None,
+    collate_fn: Callable[..., Any] | None,
+    shuffle_seed: int | None,
+) -> tuple[DataLoader[Any], dict[str, Any]]:
+    """Build a ``DataLoader`` from the defaults overridden by the user's kwargs.
+
+    A user ``sampler`` or ``batch_sampler`` replaces the default shuffling. Shuffling of a
+    map-style dataset uses :class:`EpochShuffleSampler` seeded with ``shuffle_seed``; an
+    ``IterableDataset`` is never shuffled by the loader. Returns the loader and the kwargs used.
+    """
+    kwargs = {**default_kwargs, **(user_kwargs or {})}
+    if user_kwargs and ("sampler" in user_kwargs or "batch_sampler" in user_kwargs):
+        if "shuffle" not in user_kwargs:
+            kwargs.pop("shuffle", None)
+        if "batch_sampler" in user_kwargs:
+            for key in ("batch_size", "shuffle", "drop_last"):
+                if key not in user_kwargs:
+                    kwargs.pop(key, None)
+    if isinstance(dataset, IterableDataset):
+        kwargs.pop("shuffle", None)
+    elif kwargs.get("shuffle") and shuffle_seed is not None:
+        kwargs.pop("shuffle")
+        kwargs["sampler"] = EpochShuffleSampler(dataset, shuffle_seed)
+    if kwargs.get("num_workers", 0) == 0:
+        kwargs.pop("persistent_workers", None)
+        kwargs.pop("prefetch_factor", None)
+    if collate_fn is not None:
+        kwargs["collate_fn"] = collate_fn
+    return DataLoader(dataset, **kwargs), kwargs

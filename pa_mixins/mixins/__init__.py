@@ -1,0 +1,18 @@
+"""The mixins a trainer is assembled from. Put capability mixins left of
+``TrainingLoopMixin``, the adapter ``AccelerateMixin`` just before ``BaseTrainer``."""
+
+from pa_mixins.mixins.accelerate import AccelerateMixin
+from pa_mixins.mixins.evaluation import EvaluationMixin
+from pa_mixins.mixins.gradient_accumulation import GradientAccumulationMixin
+from pa_mixins.mixins.loop import TrainingLoopMixin
+from pa_mixins.mixins.mixed_precision import MixedPrecisionMixin
+from pa_mixins.mixins.scheduling import SchedulerMixin
+
+__all__ = [
+    "AccelerateMixin",
+    "EvaluationMixin",
+    "GradientAccumulationMixin",
+    "MixedPrecisionMixin",
+    "SchedulerMixin",
+    "TrainingLoopMixin",
+]

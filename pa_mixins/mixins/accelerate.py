@@ -1,0 +1,285 @@
+"""``AccelerateMixin``: the adapter between the trainer and Hugging Face Accelerate.
+
+This is the only module of ``pa_mixins`` that imports ``accelerate``. Every hardware action of
+the other mixins (device placement, preparation for distributed training, backward, gradient
+synchronisation, clipping, gathering, printing, process roles) goes through its methods.
+
+Speed: Accelerate's wrappers cost time on every step (``AcceleratedOptimizer.step`` re-checks
+package availability, its ``zero_grad`` inspects a signature, ``Accelerator.backward`` divides
+the loss even without accumulation, the dataloader wrapper moves and looks ahead one batch).
+The adapter uses them only where a setup needs them:
+
+* the optimizer is wrapped, and ``Accelerator.backward`` used, only with a gradient scaler
+  (fp16) or an engine that owns the optimizer (DeepSpeed, FSDP, Megatron-LM, XLA);
+* dataloaders are prepared only when there are several processes (sharding) or the device is
+  not the CPU (placement); a single CPU process iterates the user's loader as it is;
+* the model always goes through ``prepare_model`` (device, DDP wrapper, autocast).
+
+Tests train every setup both ways and compare the weights.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+from contextlib import AbstractContextManager, nullcontext
+from typing import Any
+
+import torch
+from accelerate import Accelerator
+from accelerate import notebook_launcher as notebook_launcher
+from accelerate.state import AcceleratorState
+from accelerate.utils import DistributedType
+from torch import nn
+from typing_extensions import override
+
+from pa_mixins.base import BaseTrainer
+from pa_mixins.utils import remove_padding
+
+__all__ = ["AccelerateMixin", "notebook_launcher"]
+
+_ENGINES_OWNING_THE_OPTIMIZER = frozenset(
+    {
+        DistributedType.DEEPSPEED,
+        DistributedType.FSDP,
+        DistributedType.MEGATRON_LM,
+        DistributedType.XLA,
+    }
+)
+
+WORKING_CPU_LAUNCHES = (
+    "ACCELERATE_USE_CPU=1 torchrun --standalone --nproc_per_node N script.py, or "
+    "ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu --num_processes N script.py"
+)
+
+
+def reset_accelerate_state() -> None:
+    """Forget Accelerate's process-wide state (mixed precision, plugins), keeping the process
+    group. Tests call it between cases."""
+    AcceleratorState._reset_state(reset_partial_state=False)
+
+
+class AccelerateMixin(BaseTrainer):
+    """Runs the trainer's hardware work through an :class:`accelerate.Accelerator`.
+
+    :param accelerator_kwargs: extra arguments for ``Accelerator(...)`` (e.g.
+        ``{"kwargs_handlers": [DistributedDataParallelKwargs(find_unused_parameters=True)]}``),
+        so that no private method needs overriding. Other mixins add theirs through
+        :meth:`get_accelerator_kwargs`.
+
+    A fresh ``Accelerator`` is created at the start of every ``train()`` / ``evaluate()`` (and
+    on first use of :attr:`device`, :meth:`print` or a process role before that).
+    """
+
+    init_options = ("accelerator_kwargs",)
+
+    def __init__(self, *args: Any, accelerator_kwargs: dict[str, Any] | None = None, **kwargs: Any) -> None:
+        self.accelerator_kwargs: dict[str, Any] = dict(accelerator_kwargs or {})
+        self._accelerator: Accelerator | None = None
+        self._engine_owns_optimizer = False
+        super().__init__(*args, **kwargs)
+
+    # -- the accelerator --------------------------------------------------------------------
+
+    @override
+    def get_accelerator_kwargs(self) -> dict[str, Any]:
+        """The keyword arguments of ``Accelerator(...)``: the other mixins' settings, then
+        ``accelerator_kwargs`` (which wins)."""
+        return {**super().get_accelerator_kwargs(), **self.accelerator_kwargs}
+
+    @property
+    def accelerator(self) -> Accelerator:
+        """The current ``Accelerator`` (created on first use)."""
+        if self._accelerator is None:
+            self._accelerator = self._create_accelerator()
+        return self._accelerator
+
+    def _create_accelerator(self) -> Accelerator:
+        """Create the ``Accelerator`` from :meth:`get_accelerator_kwargs`.
+
+        Accelerate keeps one process-wide state and refuses a second mixed-precision setting
+        in the same process; when this trainer asks for another one than the state holds, the
+        state (not the process group) is reset first, so several trainers with different
+        settings can be used one after the other.
+        """
+        kwargs = self.get_accelerator_kwargs()
+        state = AcceleratorState._shared_state
+        if state:
+            wanted = kwargs.get("mixed_precision") or os.environ.get("ACCELERATE_MIXED_PRECISION", "no")
+            if state.get("_mixed_precision", "no") != str(wanted):
+                reset_accelerate_state()
+        accelerator = Accelerator(**kwargs)
+        self._check_launch(accelerator)
+        return accelerator
+
+    @staticmethod
+    def _check_launch(accelerator: Accelerator) -> None:
+        launched = int(os.environ.get("WORLD_SIZE", "1"))
+        if launched > 1 and accelerator.num_processes == 1:
+            raise RuntimeError(
+                f"The launcher started {launched} processes (WORLD_SIZE={launched}), but "
+                "Accelerate set this one up as a single process, so every process would train "
+                "alone as rank 0. On a machine without GPUs, tell Accelerate to use the CPU: "
+                f"{WORKING_CPU_LAUNCHES}."
+            )
+
+    def _start_hardware_run(self) -> None:
+        """Begin a run on a fresh ``Accelerator`` (called at the start of train/evaluate)."""
+        if self._accelerator is not None:
+            self._accelerator.free_memory()
+        self._accelerator = self._create_accelerator()
+        acc = self._accelerator
+        self._engine_owns_optimizer = (
+            acc.distributed_type in _ENGINES_OWNING_THE_OPTIMIZER or acc.scaler is not None
+        )
+
+    # -- preparation ------------------------------------------------------------------------
+
+    def _prepare_dataloader(self, dataloader: Any, even_batches: bool) -> Any:
+        acc = self.accelerator
+        if dataloader is None or (acc.num_processes == 1 and acc.device.type == "cpu"):
+            return dataloader
+        prepared = acc.prepare_data_loader(dataloader)
+        batch_sampler = getattr(prepared, "batch_sampler", None)
+        if hasattr(batch_sampler, "even_batches"):
+            batch_sampler.even_batches = even_batches
+        return prepared
+
+    def _prepare_model_optimizer_and_dataloaders(self) -> None:
+        """Prepare the model, the optimizer and the loaders for this run's hardware.
+
+        Training loaders use ``even_batches=True`` (every process gets the same number of
+        batches; the last one is completed from the start of the data), evaluation loaders
+        ``even_batches=False`` (no sample is seen twice).
+        """
+        acc = self.accelerator
+        if self._engine_owns_optimizer:
+            objects = [self.model, self.optimizer, self._train_dataloader, self._eval_dataloader]
+            present = [obj for obj in objects if obj is not None]
+            prepared = iter(acc.prepare(*present))
+            self.model, self.optimizer, self._train_dataloader, self._eval_dataloader = (
+                next(prepared) if obj is not None else None for obj in objects
+            )
+            batch_sampler = getattr(self._eval_dataloader, "batch_sampler", None)
+            if hasattr(batch_sampler, "even_batches"):
+                batch_sampler.even_batches = False
+            return
+        self.model = acc.prepare_model(self.model)
+        if self.optimizer is not None and self.optimizer.state and acc.device.type != "cpu":
+            # Move existing optimizer state (e.g. loaded from a checkpoint) next to the params.
+            self.optimizer.load_state_dict(self.optimizer.state_dict())
+        self._train_dataloader = self._prepare_dataloader(self._train_dataloader, even_batches=True)
+        self._eval_dataloader = self._prepare_dataloader(self._eval_dataloader, even_batches=False)
+
+    # -- the hardware interface used by the other mixins --------------------------------------
+
+    @property
+    @override
+    def device(self) -> torch.device:
+        return self.accelerator.device
+
+    @override
+    def print(self, *args: Any, **kwargs: Any) -> None:
+        self.accelerator.print(*args, **kwargs)
+
+    @property
+    def is_local_process_zero(self) -> bool:
+        """Whether this is the first process of its machine."""
+        return self.accelerator.is_local_main_process
+
+    @property
+    def is_world_process_zero(self) -> bool:
+        """Whether this is the first process of the whole run."""
+        return self.accelerator.is_main_process
+
+    @property
+    def num_processes(self) -> int:
+        return self.accelerator.num_processes
+
+    @property
+    def process_index(self) -> int:
+        return self.accelerator.process_index
+
+    @property
+    def is_distributed(self) -> bool:
+        return self.accelerator.distributed_type != DistributedType.NO
+
+    @property
+    def mixed_precision(self) -> str:
+        """The mixed precision in force: ``"no"``, ``"fp16"``, ``"bf16"`` or ``"fp8"``."""
+        return str(self.accelerator.mixed_precision)
+
+    @override
+    def gather(self, tensor: Any, padding_value: Any = None) -> Any:
+        """Gather ``tensor`` (or a nested structure of tensors) from every process,
+        concatenated along dim 0. With ``padding_value``, tensors of different lengths are
+        padded to the longest before gathering and the padding rows removed after (rows
+        equal to ``padding_value`` everywhere are removed too)."""
+        acc = self.accelerator
+        if padding_value is None:
+            return acc.gather(tensor) if acc.num_processes > 1 else tensor
+        padded = acc.pad_across_processes(tensor, pad_index=padding_value)
+        gathered = acc.gather(padded) if acc.num_processes > 1 else padded
+        return remove_padding(gathered, padding_value)
+
+    @override
+    def reduce_sum(self, tensor: torch.Tensor) -> torch.Tensor:
+        if self.accelerator.num_processes == 1:
+            return tensor
+        return self.accelerator.reduce(tensor.clone(), reduction="sum")
+
+    def broadcast_from_main(self, tensor: torch.Tensor) -> torch.Tensor:
+        """``tensor`` as the first process has it, on every process."""
+        if self.accelerator.num_processes == 1:
+            return tensor
+        from accelerate.utils import broadcast
+
+        return broadcast(tensor.to(self.device), from_process=0)
+
+    @override
+    def wait_for_everyone(self) -> None:
+        self.accelerator.wait_for_everyone()
+
+    @override
+    def get_model(self, keep_torch_compile: bool = True) -> nn.Module:
+        """The model without the distributed and mixed-precision wrappers; with
+        ``keep_torch_compile=False`` also without a ``torch.compile`` wrapper."""
+        return self.accelerator.unwrap_model(self.model, keep_torch_compile=keep_torch_compile)
+
+    def autocast(self) -> AbstractContextManager[Any]:
+        """A context that runs code in this run's mixed precision (the prepared model's
+        forward already does)."""
+        return self.accelerator.autocast()
+
+    @override
+    def backward(self, loss: torch.Tensor) -> None:
+        if self._engine_owns_optimizer:
+            self.accelerator.backward(loss)
+        else:
+            loss.backward()
+
+    @override
+    def no_gradient_sync(self) -> AbstractContextManager[Any]:
+        if self.accelerator.num_processes == 1 and not self._engine_owns_optimizer:
+            return nullcontext()
+        return self.accelerator.no_sync(self.model)
+
+    @property
+    @override
+    def optimizer_step_was_skipped(self) -> bool:
+        return self._engine_owns_optimizer and self.accelerator.optimizer_step_was_skipped
+
+    def _parameters(self) -> Iterable[torch.Tensor]:
+        return self.model.parameters()
+
+    @override
+    def clip_gradients(self, clip_value: float | None, clip_norm: float | None) -> None:
+        acc = self.accelerator
+        if clip_value is not None and clip_norm is not None:
+            acc.unscale_gradients()
+            torch.nn.utils.clip_grad_value_(self._parameters(), clip_value)
+            torch.nn.utils.clip_grad_norm_(self._parameters(), clip_norm)
+        elif clip_value is not None:
+            acc.clip_grad_value_(self._parameters(), clip_value)
+        elif clip_norm is not None:
+            acc.clip_grad_norm_(self._parameters(), clip_norm)

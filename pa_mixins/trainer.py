@@ -1,0 +1,50 @@
+"""Ready-made trainers: one-line assemblies of the mixins (no logic lives here).
+
+Same module path as pytorch-accelerated's ``trainer`` module, so its imports carry over.
+"""
+
+from __future__ import annotations
+
+from pa_mixins.base import BaseTrainer
+from pa_mixins.callbacks import DEFAULT_CALLBACKS
+from pa_mixins.mixins import (
+    AccelerateMixin,
+    EvaluationMixin,
+    GradientAccumulationMixin,
+    MixedPrecisionMixin,
+    SchedulerMixin,
+    TrainingLoopMixin,
+)
+from pa_mixins.placeholders import TrainerPlaceholderValues, replace_trainer_placeholder_values
+
+__all__ = [
+    "DEFAULT_CALLBACKS",
+    "BaseTrainer",
+    "MinimalTrainer",
+    "Trainer",
+    "TrainerPlaceholderValues",
+    "replace_trainer_placeholder_values",
+]
+
+
+class Trainer(
+    SchedulerMixin,
+    MixedPrecisionMixin,
+    GradientAccumulationMixin,
+    EvaluationMixin,
+    TrainingLoopMixin,
+    AccelerateMixin,
+    BaseTrainer,
+):
+    """The everyday trainer: training loop and evaluation with schedulers, mixed precision
+    and gradient accumulation, on any hardware Accelerate supports.
+
+    ``Trainer(model, loss_func, optimizer, callbacks=DEFAULT_CALLBACKS, run_history=None,
+    *, mixed_precision=None, accelerator_kwargs=None)``
+    """
+
+
+class MinimalTrainer(EvaluationMixin, TrainingLoopMixin, AccelerateMixin, BaseTrainer):
+    """The smallest complete trainer: the training loop, evaluation and the Accelerate
+    adapter. No accumulation, scheduler or mixed-precision option (a launch configured for
+    mixed precision still applies)."""

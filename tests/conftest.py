@@ -1,0 +1,50 @@
+"""Shared fixtures: tiny real models and data, and a clean Accelerate state per test."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import TensorDataset
+
+from pa_mixins.mixins.accelerate import reset_accelerate_state
+
+# One thread per test process: xdist runs one process per core.
+torch.set_num_threads(1)
+
+
+@pytest.fixture(autouse=True)
+def _clean_accelerate_state(monkeypatch: pytest.MonkeyPatch):
+    """Accelerate keeps process-wide state; every test starts without it."""
+    monkeypatch.delenv("PT_ACC_LIMIT_BATCHES", raising=False)
+    monkeypatch.delenv("ACCELERATE_MIXED_PRECISION", raising=False)
+    reset_accelerate_state()
+    yield
+    reset_accelerate_state()
+
+
+def make_regression_data(n: int = 64, features: int = 4, seed: int = 0) -> TensorDataset:
+    generator = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, features, generator=generator)
+    w = torch.arange(1, features + 1, dtype=torch.float32)
+    y = (x @ w).unsqueeze(1) + 0.1 * torch.randn(n, 1, generator=generator)
+    return TensorDataset(x, y)
+
+
+def make_model(features: int = 4, seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Linear(features, 8), nn.Tanh(), nn.Linear(8, 1))
+
+
+@pytest.fixture
+def regression_data() -> TensorDataset:
+    return make_regression_data()
+
+
+def weights(model: nn.Module) -> list[torch.Tensor]:
+    return [p.detach().clone() for p in model.parameters()]
+
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
