@@ -20,6 +20,7 @@ Tests train every setup both ways and compare the weights.
 
 from __future__ import annotations
 
+import atexit
 import os
 from collections.abc import Iterable
 from contextlib import AbstractContextManager, nullcontext
@@ -51,6 +52,23 @@ WORKING_CPU_LAUNCHES = (
     "ACCELERATE_USE_CPU=1 torchrun --standalone --nproc_per_node N script.py, or "
     "ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu --num_processes N script.py"
 )
+
+
+def _destroy_process_group_at_exit() -> None:
+    # Without this, gloo's threads can abort the interpreter at shutdown ("terminate called
+    # without an active exception") even after a successful run.
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
+
+
+_exit_handler_registered = False
+
+
+def _register_exit_handler() -> None:
+    global _exit_handler_registered
+    if not _exit_handler_registered:
+        atexit.register(_destroy_process_group_at_exit)
+        _exit_handler_registered = True
 
 
 def reset_accelerate_state() -> None:
@@ -110,6 +128,8 @@ class AccelerateMixin(BaseTrainer):
                 reset_accelerate_state()
         accelerator = Accelerator(**kwargs)
         self._check_launch(accelerator)
+        if accelerator.num_processes > 1:
+            _register_exit_handler()
         return accelerator
 
     @staticmethod
