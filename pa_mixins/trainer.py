@@ -13,6 +13,7 @@ from pa_mixins.mixins import (
     GradientAccumulationMixin,
     MixedPrecisionMixin,
     SchedulerMixin,
+    TimmSchedulerMixin,
     TrainingLoopMixin,
 )
 from pa_mixins.placeholders import TrainerPlaceholderValues, replace_trainer_placeholder_values
@@ -23,6 +24,7 @@ __all__ = [
     "MinimalTrainer",
     "Trainer",
     "TrainerPlaceholderValues",
+    "TrainerWithTimmScheduler",
     "replace_trainer_placeholder_values",
 ]
 
@@ -48,3 +50,10 @@ class MinimalTrainer(EvaluationMixin, TrainingLoopMixin, AccelerateMixin, BaseTr
     """The smallest complete trainer: the training loop, evaluation and the Accelerate
     adapter. No accumulation, scheduler or mixed-precision option (a launch configured for
     mixed precision still applies)."""
+
+
+class TrainerWithTimmScheduler(TimmSchedulerMixin, Trainer):
+    """A :class:`Trainer` for schedulers with timm's interface: ``step_update(num_updates=n)``
+    after each optimizer update (``n`` = updates completed in the run) and ``step(epoch)`` at
+    the end of each training epoch (``epoch`` = epochs completed). See
+    :class:`~pa_mixins.mixins.timm_scheduling.TimmSchedulerMixin`."""

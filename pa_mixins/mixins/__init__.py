@@ -7,6 +7,7 @@ from pa_mixins.mixins.gradient_accumulation import GradientAccumulationMixin
 from pa_mixins.mixins.loop import TrainingLoopMixin
 from pa_mixins.mixins.mixed_precision import MixedPrecisionMixin
 from pa_mixins.mixins.scheduling import SchedulerMixin
+from pa_mixins.mixins.timm_scheduling import TimmSchedulerMixin
 
 __all__ = [
     "AccelerateMixin",
@@ -14,5 +15,6 @@ __all__ = [
     "GradientAccumulationMixin",
     "MixedPrecisionMixin",
     "SchedulerMixin",
+    "TimmSchedulerMixin",
     "TrainingLoopMixin",
 ]
