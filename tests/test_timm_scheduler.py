@@ -80,6 +80,7 @@ def test_counts_optimizer_updates_not_micro_batches_with_gradient_accumulation()
         *updates(4, 5, 6),
         ("epoch", 2),
     ]
+    assert trainer.num_updates == 6
     # update k uses the lr that step_update(k - 1) set (the initial lr for the first)
     assert trainer.used_lrs == pytest.approx([0.1 / (1 + k) for k in range(6)])
 

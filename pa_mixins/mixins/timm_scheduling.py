@@ -28,6 +28,12 @@ class TimmSchedulerMixin(SchedulerMixin, TrainingLoopMixin):
     first among a trainer's bases, e.g. ``class T(TimmSchedulerMixin, Trainer)``.
     """
 
+    @property
+    def num_updates(self) -> int:
+        """The number of optimizer updates completed in the current run (pytorch-accelerated's
+        ``TrainerWithTimmScheduler.num_updates``, read-only)."""
+        return self._num_updates
+
     @override
     def scheduler_step(self) -> None:
         """After each optimizer update: ``scheduler.step_update(num_updates=n)``, ``n``
