@@ -130,7 +130,7 @@ class BaseTrainer:
             owner = cls._option_owners.get(name)
             if owner is None or issubclass(cls, owner):
                 continue
-            if value != owner.train_options[name]:
+            if value != getattr(owner, "train_options", {}).get(name):
                 missing.append(_owner_hint(name, cls._option_owners, cls))
         if missing:
             raise TypeError(f"{cls.__name__}.train() got unsupported option(s): {'; '.join(missing)}")
@@ -157,20 +157,21 @@ class BaseTrainer:
 
         updates_per_epoch: int | None = None
         epochs: int | None = num_epochs
-        if self._train_dataloader is not None and has_length(self._train_dataloader):
-            batches = len(self._train_dataloader)  # type: ignore[arg-type]
+        dataloader = self._train_dataloader
+        if dataloader is not None and has_length(dataloader):
+            batches = len(dataloader)  # type: ignore[arg-type]
             updates_per_epoch = math.ceil(batches / gradient_accumulation_steps)
             if max_num_train_steps is not None:
                 epochs = math.ceil(max_num_train_steps / updates_per_epoch)
             else:
-                max_num_train_steps = epochs * updates_per_epoch
-        elif self._train_dataloader is not None and max_num_train_steps is None:
-            raise ValueError(
-                "The training dataloader has no length (an IterableDataset?): pass "
-                "max_num_train_steps to say how many optimizer updates to run"
-            )
-        else:
-            epochs = None  # unknown length: run until max_num_train_steps
+                max_num_train_steps = num_epochs * updates_per_epoch
+        elif dataloader is not None:
+            if max_num_train_steps is None:
+                raise ValueError(
+                    "The training dataloader has no length (an IterableDataset?): pass "
+                    "max_num_train_steps to say how many optimizer updates to run"
+                )
+            epochs = None  # unknown length: passes over the data until max_num_train_steps
 
         return TrainerRunConfig(
             num_epochs=epochs,
@@ -354,3 +355,19 @@ class BaseTrainer:
 
     def _run_eval_epoch(self, valid_dl: Any, is_training: bool = True, is_intermediate: bool = False) -> None:
         raise NotImplementedError(f"{type(self).__name__} cannot evaluate: add EvaluationMixin to its bases")
+
+    # ------------------------------------------------------------------------------------------
+    # Checkpointing support: CheckpointMixin uses these; AccelerateMixin provides them.
+    # ------------------------------------------------------------------------------------------
+
+    def _grad_scaler_state(self) -> dict[str, Any] | None:
+        """The mixed-precision grad scaler's state, ``None`` without a scaler."""
+        return None
+
+    def _load_grad_scaler_state(self, state: dict[str, Any] | None) -> None:
+        """Restore a state from :meth:`_grad_scaler_state` (nothing without a scaler)."""
+
+    def _sharded_engine_name(self) -> str | None:
+        """The engine sharding the model or optimizer state (DeepSpeed, FSDP, Megatron-LM),
+        whose training states are not supported yet; ``None`` otherwise."""
+        return None

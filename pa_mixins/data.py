@@ -55,7 +55,9 @@ def has_length(obj: Any) -> bool:
     return True
 
 
-def default_dataloader_kwargs(batch_size: int, shuffle: bool, device: torch.device) -> dict[str, Any]:
+def default_dataloader_kwargs(
+    batch_size: int, shuffle: bool, device: torch.device
+) -> dict[str, Any]:
     """The loader settings the trainers start from.
 
     * ``num_workers``: 0 on the CPU — a worker pool only slows down data already in memory,

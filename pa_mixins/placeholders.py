@@ -30,13 +30,19 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from pa_mixins.base import BaseTrainer
 
-__all__ = ["PlaceholderExpression", "TrainerPlaceholderValues", "replace_trainer_placeholder_values"]
+__all__ = [
+    "PlaceholderExpression",
+    "TrainerPlaceholderValues",
+    "replace_trainer_placeholder_values",
+]
 
 
 def _dataloader_length(trainer: BaseTrainer, attribute: str, what: str) -> int:
     dataloader = getattr(trainer, attribute)
     if dataloader is None:
-        raise ValueError(f"The placeholder {what} needs a {attribute.strip('_')}, and this run has none")
+        raise ValueError(
+            f"The placeholder {what} needs a {attribute.strip('_')}, and this run has none"
+        )
     try:
         return len(dataloader)
     except TypeError:
@@ -105,7 +111,9 @@ class PlaceholderExpression:
     placeholder: TrainerPlaceholderValues
     operations: tuple[tuple[Callable[[Any, Any], Any], Any, bool], ...] = ()
 
-    def _then(self, op: Callable[[Any, Any], Any], other: Any, reverse: bool) -> PlaceholderExpression:
+    def _then(
+        self, op: Callable[[Any, Any], Any], other: Any, reverse: bool
+    ) -> PlaceholderExpression:
         return PlaceholderExpression(self.placeholder, (*self.operations, (op, other, reverse)))
 
     def __mul__(self, other: Any) -> PlaceholderExpression:

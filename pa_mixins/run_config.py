@@ -46,6 +46,10 @@ class TrainerRunConfig:
         for field in dataclasses.fields(self):
             value = getattr(self, field.name)
             if isinstance(value, dict):
-                value = {k: v for k, v in value.items() if k not in ("sampler", "generator", "batch_sampler")}
+                value = {
+                    k: v
+                    for k, v in value.items()
+                    if k not in ("sampler", "generator", "batch_sampler")
+                }
             result[field.name] = value
         return result

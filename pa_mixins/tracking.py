@@ -72,7 +72,9 @@ class RunHistory(ABC):
         """Plain data that :meth:`load_state_dict` restores; used to save a training state."""
         return {
             "current_epoch": self.current_epoch,
-            "metrics": {name: list(self.get_metric_values(name)) for name in self.get_metric_names()},
+            "metrics": {
+                name: list(self.get_metric_values(name)) for name in self.get_metric_names()
+            },
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -155,7 +157,9 @@ class LossTracker:
         self.total_loss: float | torch.Tensor = 0.0
         self.running_count: int | torch.Tensor = 0
 
-    def update(self, loss_batch_value: float | torch.Tensor, batch_size: int | torch.Tensor = 1) -> None:
+    def update(
+        self, loss_batch_value: float | torch.Tensor, batch_size: int | torch.Tensor = 1
+    ) -> None:
         if isinstance(loss_batch_value, torch.Tensor):
             loss_batch_value = loss_batch_value.detach()
             if loss_batch_value.numel() != 1:

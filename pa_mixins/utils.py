@@ -132,7 +132,8 @@ def _barrier(decorated: Callable[..., Any]) -> None:
     elif int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise RuntimeError(
             f"{decorated.__qualname__} needs the processes of this launch to wait for each other, "
-            "but no process group exists yet: create the trainer (or Accelerator) before calling it."
+            "but no process group exists yet: create the trainer (or Accelerator) before "
+            "calling it."
         )
 
 
@@ -224,12 +225,16 @@ class ModelEma(nn.Module):
         self.module.requires_grad_(False)
         self.decay = decay
 
-    def update_fn(self, ema_model_weights: torch.Tensor, model_weights: torch.Tensor) -> torch.Tensor:
+    def update_fn(
+        self, ema_model_weights: torch.Tensor, model_weights: torch.Tensor
+    ) -> torch.Tensor:
         """Return the new EMA value of one weight tensor (override for another rule)."""
         return self.decay * ema_model_weights + (1.0 - self.decay) * model_weights
 
     @torch.no_grad()
-    def _apply_to_weights(self, model: nn.Module, rule: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> None:
+    def _apply_to_weights(
+        self, model: nn.Module, rule: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+    ) -> None:
         ema_state = self.module.state_dict()
         model_state = model.state_dict()
         if ema_state.keys() != model_state.keys():

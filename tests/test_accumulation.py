@@ -23,13 +23,18 @@ def _train(
     trainer_cls: type[Trainer] = Trainer,
     **train_kwargs: Any,
 ) -> Trainer:
-    trainer = trainer_cls(model, nn.MSELoss(), torch.optim.SGD(model.parameters(), lr=lr), callbacks=())
+    trainer = trainer_cls(
+        model, nn.MSELoss(), torch.optim.SGD(model.parameters(), lr=lr), callbacks=()
+    )
     trainer.train(
         train_dataset=make_regression_data(num_samples),
         num_epochs=train_kwargs.pop("num_epochs", 1),
         per_device_batch_size=batch_size,
         gradient_accumulation_steps=accumulation,
-        train_dataloader_kwargs={"shuffle": False, **train_kwargs.pop("train_dataloader_kwargs", {})},
+        train_dataloader_kwargs={
+            "shuffle": False,
+            **train_kwargs.pop("train_dataloader_kwargs", {}),
+        },
         **train_kwargs,
     )
     return trainer
@@ -64,7 +69,9 @@ def test_recorded_train_loss_is_the_true_mean_whatever_the_accumulation() -> Non
     expected = nn.functional.mse_loss(make_model()(x), y).item()
     for accumulation in (1, 4):
         trainer = _train(make_model(), batch_size=4, accumulation=accumulation, lr=0.0)
-        assert trainer.run_history.get_latest_metric("train_loss_epoch") == pytest.approx(expected, rel=1e-6)
+        assert trainer.run_history.get_latest_metric("train_loss_epoch") == pytest.approx(
+            expected, rel=1e-6
+        )
 
 
 class TokenTrainer(Trainer):
@@ -76,7 +83,12 @@ class TokenTrainer(Trainer):
         per_item = (self.model(x).squeeze(1) - y.squeeze(1)) ** 2
         num_items = mask.sum()
         loss = (per_item * mask).sum() / num_items.clamp_min(1)
-        return {"loss": loss, "model_outputs": None, "batch_size": x.size(0), "num_items_in_batch": num_items}
+        return {
+            "loss": loss,
+            "model_outputs": None,
+            "batch_size": x.size(0),
+            "num_items_in_batch": num_items,
+        }
 
 
 def test_num_items_in_batch_gives_the_mean_over_all_items_of_an_update() -> None:
@@ -110,7 +122,9 @@ def _clipped_reference(clip_value: float | None, clip_norm: float | None) -> nn.
 
 
 @pytest.mark.parametrize(("clip_value", "clip_norm"), [(0.05, None), (None, 0.5), (0.05, 0.1)])
-def test_clipping_applies_once_per_update_to_the_accumulated_gradient(clip_value: float | None, clip_norm: float | None) -> None:
+def test_clipping_applies_once_per_update_to_the_accumulated_gradient(
+    clip_value: float | None, clip_norm: float | None
+) -> None:
     model = make_model()
     _train(
         model,

@@ -50,7 +50,9 @@ def test_training_lowers_the_loss_and_evaluation_matches_a_direct_computation() 
     model = make_model()
     data = make_regression_data(64)
     trainer = Trainer(model, nn.MSELoss(), _sgd(model), callbacks=())
-    trainer.train(train_dataset=data, eval_dataset=data, num_epochs=6, per_device_batch_size=8, seed=0)
+    trainer.train(
+        train_dataset=data, eval_dataset=data, num_epochs=6, per_device_batch_size=8, seed=0
+    )
 
     train_losses = trainer.run_history.get_metric_values("train_loss_epoch")
     eval_losses = trainer.run_history.get_metric_values("eval_loss_epoch")
@@ -63,7 +65,9 @@ def test_training_lowers_the_loss_and_evaluation_matches_a_direct_computation() 
     assert eval_losses[-1] == pytest.approx(direct, rel=1e-5)
 
     trainer.evaluate(dataset=data, per_device_batch_size=5)  # uneven last batch
-    assert trainer.run_history.get_metric_values("evaluation_loss") == [pytest.approx(direct, rel=1e-5)]
+    assert trainer.run_history.get_metric_values("evaluation_loss") == [
+        pytest.approx(direct, rel=1e-5)
+    ]
     assert trainer.run_history.get_metric_names() == {"evaluation_loss"}
 
 
@@ -74,7 +78,9 @@ def test_readme_quickstart_runs_with_the_pytorch_accelerated_names() -> None:
     optimizer = _sgd(model)
     train_ds, val_ds, test_ds = (make_regression_data(32, seed=s) for s in range(3))
     trainer = Trainer(model, loss_func=loss_func, optimizer=optimizer)
-    trainer.train(train_dataset=train_ds, eval_dataset=val_ds, num_epochs=2, per_device_batch_size=32)
+    trainer.train(
+        train_dataset=train_ds, eval_dataset=val_ds, num_epochs=2, per_device_batch_size=32
+    )
     trainer.evaluate(dataset=test_ds, per_device_batch_size=64)
     assert len(trainer.run_history.get_metric_values("evaluation_loss")) == 1
 
@@ -83,11 +89,47 @@ def test_readme_quickstart_runs_with_the_pytorch_accelerated_names() -> None:
     ("module", "names"),
     [
         ("pa_mixins", ["Trainer", "TrainerPlaceholderValues", "notebook_launcher", "__version__"]),
-        ("pa_mixins.trainer", ["Trainer", "DEFAULT_CALLBACKS", "TrainerPlaceholderValues", "replace_trainer_placeholder_values"]),
-        ("pa_mixins.callbacks", ["TrainerCallback", "CallbackHandler", "StopTrainingError", "CallbackMethodNotImplementedError", "get_default_callbacks", "LimitBatchesCallback", "LogMetricsCallback", "ProgressBarCallback", "PrintProgressCallback", "TerminateOnNaNCallback", "MoveModulesToDeviceCallback"]),
+        (
+            "pa_mixins.trainer",
+            [
+                "Trainer",
+                "DEFAULT_CALLBACKS",
+                "TrainerPlaceholderValues",
+                "replace_trainer_placeholder_values",
+            ],
+        ),
+        (
+            "pa_mixins.callbacks",
+            [
+                "TrainerCallback",
+                "CallbackHandler",
+                "StopTrainingError",
+                "CallbackMethodNotImplementedError",
+                "get_default_callbacks",
+                "LimitBatchesCallback",
+                "LogMetricsCallback",
+                "ProgressBarCallback",
+                "PrintProgressCallback",
+                "TerminateOnNaNCallback",
+                "MoveModulesToDeviceCallback",
+            ],
+        ),
         ("pa_mixins.tracking", ["RunHistory", "InMemoryRunHistory", "LossTracker"]),
         ("pa_mixins.run_config", ["TrainerRunConfig"]),
-        ("pa_mixins.utils", ["LIMIT_BATCHES_ENV_VAR", "LimitBatches", "DataLoaderSlice", "local_process_zero_only", "local_process_zero_first", "world_process_zero_only", "ModelEma", "worker_init_fn", "remove_padding"]),
+        (
+            "pa_mixins.utils",
+            [
+                "LIMIT_BATCHES_ENV_VAR",
+                "LimitBatches",
+                "DataLoaderSlice",
+                "local_process_zero_only",
+                "local_process_zero_first",
+                "world_process_zero_only",
+                "ModelEma",
+                "worker_init_fn",
+                "remove_padding",
+            ],
+        ),
     ],
 )
 def test_pytorch_accelerated_module_paths_exist(module: str, names: list[str]) -> None:
@@ -151,7 +193,9 @@ def test_only_the_adapter_imports_accelerate() -> None:
 def test_importing_the_package_seeds_nothing() -> None:
     code = "import torch, random; import pa_mixins; print(torch.initial_seed(), random.random())"
     outputs = {
-        subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+        subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, check=True
+        ).stdout
         for _ in range(2)
     }
     assert len(outputs) == 2
@@ -170,17 +214,23 @@ def test_train_options_of_missing_mixins_are_rejected_before_training() -> None:
     before = weights(model)
     trainer = MinimalTrainer(model, nn.MSELoss(), _sgd(model), callbacks=())
     data = make_regression_data(8)
-    with pytest.raises(TypeError, match="'gradient_accumulation_steps' is an option of GradientAccumulationMixin"):
+    with pytest.raises(
+        TypeError, match="'gradient_accumulation_steps' is an option of GradientAccumulationMixin"
+    ):
         trainer.train(train_dataset=data, num_epochs=1, gradient_accumulation_steps=2)
     with pytest.raises(TypeError, match="'create_scheduler_fn' is an option of SchedulerMixin"):
         trainer.train(train_dataset=data, num_epochs=1, create_scheduler_fn=lambda opt: None)
     assert all(torch.equal(a, b) for a, b in zip(before, weights(model)))
     # Their "off" values are accepted.
-    trainer.train(train_dataset=data, num_epochs=1, gradient_accumulation_steps=1, create_scheduler_fn=None)
+    trainer.train(
+        train_dataset=data, num_epochs=1, gradient_accumulation_steps=1, create_scheduler_fn=None
+    )
 
 
 def test_an_assembled_trainer_and_a_one_method_override_work() -> None:
-    class AccumulatingTrainer(GradientAccumulationMixin, EvaluationMixin, TrainingLoopMixin, AccelerateMixin, BaseTrainer):
+    class AccumulatingTrainer(
+        GradientAccumulationMixin, EvaluationMixin, TrainingLoopMixin, AccelerateMixin, BaseTrainer
+    ):
         pass
 
     class ScaledLossTrainer(Trainer):
@@ -202,7 +252,9 @@ def test_an_assembled_trainer_and_a_one_method_override_work() -> None:
     assert all(torch.equal(a, b) for a, b in zip(before, weights(model)))
 
 
-def test_device_print_and_process_roles_work_right_after_construction(capsys: pytest.CaptureFixture[str]) -> None:
+def test_device_print_and_process_roles_work_right_after_construction(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
     model = make_model()
     trainer = Trainer(model, nn.MSELoss(), _sgd(model), callbacks=())
     assert trainer.device == torch.device("cpu")
@@ -217,7 +269,13 @@ def test_accelerator_kwargs_reach_the_accelerator() -> None:
 
     handler = DistributedDataParallelKwargs(find_unused_parameters=True)
     model = make_model()
-    trainer = Trainer(model, nn.MSELoss(), _sgd(model), callbacks=(), accelerator_kwargs={"kwargs_handlers": [handler]})
+    trainer = Trainer(
+        model,
+        nn.MSELoss(),
+        _sgd(model),
+        callbacks=(),
+        accelerator_kwargs={"kwargs_handlers": [handler]},
+    )
     trainer.train(train_dataset=make_regression_data(8), num_epochs=1, per_device_batch_size=4)
     assert trainer.accelerator.ddp_handler is handler
 
@@ -245,8 +303,14 @@ def test_run_config_has_the_pytorch_accelerated_fields() -> None:
     )
     config = trainer.run_config
     assert config is not None
-    assert (config.num_epochs, config.train_per_device_batch_size, config.eval_per_device_batch_size) == (3, 4, 3)
-    assert config.num_update_steps_per_epoch == config.num_local_update_steps_per_epoch == 3  # ceil(5 / 2)
+    assert (
+        config.num_epochs,
+        config.train_per_device_batch_size,
+        config.eval_per_device_batch_size,
+    ) == (3, 4, 3)
+    assert (
+        config.num_update_steps_per_epoch == config.num_local_update_steps_per_epoch == 3
+    )  # ceil(5 / 2)
     assert config.max_num_train_steps == 9
     assert (config.train_total_batch_size, config.eval_total_batch_size) == (8, 3)
     assert config.gradient_clip_value == 1.0 and config.mixed_precision == "no"
@@ -275,7 +339,9 @@ def test_callback_handler_instantiates_classes_refuses_duplicates_and_calls_cust
         CallbackHandler([NotACallback()]).call_event("on_something_custom", None)
 
 
-def test_limit_batches_environment_variable_limits_every_epoch(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_limit_batches_environment_variable_limits_every_epoch(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     steps: list[int] = []
 
     class CountSteps(TrainerCallback):
@@ -288,9 +354,16 @@ def test_limit_batches_environment_variable_limits_every_epoch(monkeypatch: pyte
         trainer = Trainer(model, nn.MSELoss(), _sgd(model), callbacks=[CountSteps()])
     assert LIMIT_BATCHES_ENV_VAR not in __import__("os").environ
     assert isinstance(trainer.callback_handler.callbacks[0], LimitBatchesCallback)
-    trainer.train(train_dataset=make_regression_data(40), eval_dataset=make_regression_data(40), num_epochs=2, per_device_batch_size=4)
+    trainer.train(
+        train_dataset=make_regression_data(40),
+        eval_dataset=make_regression_data(40),
+        num_epochs=2,
+        per_device_batch_size=4,
+    )
     assert steps == [0, 1, 0, 1]
-    assert isinstance(trainer._eval_dataloader, DataLoaderSlice) and len(trainer._eval_dataloader) == 2
+    assert (
+        isinstance(trainer._eval_dataloader, DataLoaderSlice) and len(trainer._eval_dataloader) == 2
+    )
 
     monkeypatch.setenv(LIMIT_BATCHES_ENV_VAR, "zero")
     with pytest.raises(ValueError, match=LIMIT_BATCHES_ENV_VAR):
@@ -304,7 +377,9 @@ def test_move_modules_to_device_moves_trainer_attributes_other_than_the_model() 
             self.seen_device = next(self.extra.parameters()).device
 
     model = make_model()
-    trainer = WithMetricModule(model, nn.MSELoss(), _sgd(model), callbacks=[MoveModulesToDeviceCallback])
+    trainer = WithMetricModule(
+        model, nn.MSELoss(), _sgd(model), callbacks=[MoveModulesToDeviceCallback]
+    )
     trainer.extra = nn.Linear(2, 2)
     trainer.train(train_dataset=make_regression_data(8), num_epochs=1, per_device_batch_size=4)
     assert next(trainer.extra.parameters()).device == trainer.device
@@ -332,7 +407,9 @@ def test_the_loop_reads_nothing_from_the_device_per_step(monkeypatch: pytest.Mon
     for name in ("item", "tolist", "__bool__", "__float__", "__int__", "__index__", "numpy"):
         original = getattr(torch.Tensor, name)
 
-        def counting(self: torch.Tensor, *args: Any, _original: Any = original, **kwargs: Any) -> Any:
+        def counting(
+            self: torch.Tensor, *args: Any, _original: Any = original, **kwargs: Any
+        ) -> Any:
             reads["count"] += 1
             return _original(self, *args, **kwargs)
 
@@ -343,9 +420,22 @@ def test_the_loop_reads_nothing_from_the_device_per_step(monkeypatch: pytest.Mon
         callbacks = [c for c in DEFAULT_CALLBACKS if c is not TerminateOnNaNCallback]
         trainer = Trainer(model, nn.MSELoss(), _sgd(model), callbacks=callbacks)
         data = make_regression_data(num_samples)
-        trainer.train(train_dataset=data, num_epochs=1, per_device_batch_size=4, gradient_accumulation_steps=2, seed=1)
+        trainer.train(
+            train_dataset=data,
+            num_epochs=1,
+            per_device_batch_size=4,
+            gradient_accumulation_steps=2,
+            seed=1,
+        )
         before = reads["count"]
-        trainer.train(train_dataset=data, eval_dataset=data, num_epochs=1, per_device_batch_size=4, gradient_accumulation_steps=2, seed=1)
+        trainer.train(
+            train_dataset=data,
+            eval_dataset=data,
+            num_epochs=1,
+            per_device_batch_size=4,
+            gradient_accumulation_steps=2,
+            seed=1,
+        )
         return reads["count"] - before
 
     assert reads_for(8) == reads_for(64)
@@ -422,14 +512,20 @@ def test_dict_batches_and_loss_computed_by_the_model() -> None:
     class DictTrainer(Trainer):
         def calculate_train_batch_loss(self, batch: dict[str, torch.Tensor]) -> dict[str, Any]:
             outputs = self.model(**batch)
-            return {"loss": outputs["loss"], "model_outputs": outputs["out"], "batch_size": batch["x"].size(0)}
+            return {
+                "loss": outputs["loss"],
+                "model_outputs": outputs["out"],
+                "batch_size": batch["x"].size(0),
+            }
 
         calculate_eval_batch_loss = calculate_train_batch_loss
 
     model = ModelWithLoss()
     trainer = DictTrainer(model, loss_func=None, optimizer=_sgd(model), callbacks=())
-    trainer.train(train_dataset=DictDataset(), eval_dataset=DictDataset(), num_epochs=1, per_device_batch_size=4)
+    trainer.train(
+        train_dataset=DictDataset(),
+        eval_dataset=DictDataset(),
+        num_epochs=1,
+        per_device_batch_size=4,
+    )
     assert len(trainer.run_history.get_metric_values("eval_loss_epoch")) == 1
-
-
-

@@ -63,7 +63,9 @@ def _recording_trainer_class(calls: list[str]) -> type[Trainer]:
 
         return hook
 
-    RecordingTrainer = type("RecordingTrainer", (Trainer,), {name: make_hook(name) for name in HOOKS})
+    RecordingTrainer = type(
+        "RecordingTrainer", (Trainer,), {name: make_hook(name) for name in HOOKS}
+    )
     return RecordingTrainer
 
 

@@ -17,7 +17,9 @@ SCRIPT = pathlib.Path(REPO_ROOT) / "tests" / "scripts" / "train_tiny.py"
 pytestmark = pytest.mark.multiprocess
 
 
-def _run(out_dir: pathlib.Path, processes: int, *args: str, use_cpu: bool = True) -> subprocess.CompletedProcess[str]:
+def _run(
+    out_dir: pathlib.Path, processes: int, *args: str, use_cpu: bool = True
+) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("ACCELERATE_", "PT_ACC"))}
     if use_cpu:
         env["ACCELERATE_USE_CPU"] = "1"
@@ -25,15 +27,28 @@ def _run(out_dir: pathlib.Path, processes: int, *args: str, use_cpu: bool = True
     if processes == 1:
         command = [sys.executable, str(SCRIPT), str(out_dir), *args]
     else:
-        command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}", str(SCRIPT), str(out_dir), *args]
-    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=240, cwd=REPO_ROOT)
+        command = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            f"--nproc_per_node={processes}",
+            str(SCRIPT),
+            str(out_dir),
+            *args,
+        ]
+    return subprocess.run(
+        command, env=env, capture_output=True, text=True, timeout=240, cwd=REPO_ROOT
+    )
 
 
 def _results(out_dir: pathlib.Path) -> list[dict]:
     return [json.loads(path.read_text()) for path in sorted(out_dir.glob("rank*.json"))]
 
 
-def test_two_processes_agree_and_match_one_process_with_twice_the_batch(tmp_path: pathlib.Path) -> None:
+def test_two_processes_agree_and_match_one_process_with_twice_the_batch(
+    tmp_path: pathlib.Path,
+) -> None:
     two = _run(tmp_path / "two", 2, "--batch-size", "4", "--accumulation", "2", "--epochs", "2")
     assert two.returncode == 0, two.stderr[-3000:]
     one = _run(tmp_path / "one", 1, "--batch-size", "8", "--accumulation", "2", "--epochs", "2")
@@ -57,7 +72,9 @@ def test_two_processes_agree_and_match_one_process_with_twice_the_batch(tmp_path
         assert rank0["history"][name] == pytest.approx(single["history"][name], rel=1e-5)
 
 
-def test_max_num_train_steps_counts_the_same_updates_on_one_and_two_processes(tmp_path: pathlib.Path) -> None:
+def test_max_num_train_steps_counts_the_same_updates_on_one_and_two_processes(
+    tmp_path: pathlib.Path,
+) -> None:
     two = _run(tmp_path / "two", 2, "--batch-size", "4", "--max-steps", "5", "--epochs", "10")
     assert two.returncode == 0, two.stderr[-3000:]
     one = _run(tmp_path / "one", 1, "--batch-size", "8", "--max-steps", "5", "--epochs", "10")
@@ -68,7 +85,9 @@ def test_max_num_train_steps_counts_the_same_updates_on_one_and_two_processes(tm
         assert result["scheduler_steps"] == 5
 
 
-def test_a_launch_that_lost_its_processes_fails_with_a_clear_message(tmp_path: pathlib.Path) -> None:
+def test_a_launch_that_lost_its_processes_fails_with_a_clear_message(
+    tmp_path: pathlib.Path,
+) -> None:
     # Without ACCELERATE_USE_CPU, a CPU-only torchrun launch leaves every process at rank 0 of 1.
     broken = _run(tmp_path / "broken", 2, "--epochs", "1", use_cpu=False)
     assert broken.returncode != 0

@@ -18,9 +18,13 @@ from tests.conftest import make_model, make_regression_data, weights
 P = TrainerPlaceholderValues
 
 
-def _trainer(model: nn.Module | None = None, cls: type[Trainer] = Trainer, **kwargs: Any) -> Trainer:
+def _trainer(
+    model: nn.Module | None = None, cls: type[Trainer] = Trainer, **kwargs: Any
+) -> Trainer:
     model = model or make_model()
-    return cls(model, nn.MSELoss(), torch.optim.SGD(model.parameters(), lr=0.1), callbacks=(), **kwargs)
+    return cls(
+        model, nn.MSELoss(), torch.optim.SGD(model.parameters(), lr=0.1), callbacks=(), **kwargs
+    )
 
 
 def test_a_schedule_sized_with_placeholders_ends_exactly_at_the_end_of_training() -> None:
@@ -32,7 +36,13 @@ def test_a_schedule_sized_with_placeholders_ends_exactly_at_the_end_of_training(
         steps_per_epoch=P.NUM_UPDATE_STEPS_PER_EPOCH,
     )
     # 20 samples, batch 2 -> 10 micro-batches, 3 per update -> 4 updates per epoch
-    trainer.train(train_dataset=make_regression_data(20), num_epochs=3, per_device_batch_size=2, gradient_accumulation_steps=3, create_scheduler_fn=factory)
+    trainer.train(
+        train_dataset=make_regression_data(20),
+        num_epochs=3,
+        per_device_batch_size=2,
+        gradient_accumulation_steps=3,
+        create_scheduler_fn=factory,
+    )
     assert trainer.run_config.num_update_steps_per_epoch == 4
     assert trainer.scheduler.last_epoch == 12 == trainer.scheduler.total_steps
     assert trainer._num_updates == 12
@@ -40,7 +50,12 @@ def test_a_schedule_sized_with_placeholders_ends_exactly_at_the_end_of_training(
 
 def test_placeholder_arithmetic_and_every_member_resolve() -> None:
     trainer = _trainer()
-    trainer.train(train_dataset=make_regression_data(20), eval_dataset=make_regression_data(6), num_epochs=2, per_device_batch_size=4)
+    trainer.train(
+        train_dataset=make_regression_data(20),
+        eval_dataset=make_regression_data(6),
+        num_epochs=2,
+        per_device_batch_size=4,
+    )
     resolved = replace_trainer_placeholder_values(
         trainer,
         functools.partial(
@@ -71,7 +86,9 @@ def test_scheduler_steps_once_per_real_update_and_not_after_a_skipped_step() -> 
         num_epochs=1,
         per_device_batch_size=2,
         gradient_accumulation_steps=2,
-        create_scheduler_fn=functools.partial(torch.optim.lr_scheduler.StepLR, step_size=1, gamma=0.5),
+        create_scheduler_fn=functools.partial(
+            torch.optim.lr_scheduler.StepLR, step_size=1, gamma=0.5
+        ),
     )
     assert trainer._num_updates == 4
     assert trainer.scheduler.last_epoch == 2  # updates 0 and 2 stepped it, 1 and 3 were "skipped"
@@ -99,7 +116,9 @@ def test_bf16_really_autocasts_on_the_cpu() -> None:
     assert dtypes and set(dtypes) == {torch.bfloat16}
 
 
-def test_precision_from_the_launcher_applies_when_not_given(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_precision_from_the_launcher_applies_when_not_given(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "bf16")
     trainer = _trainer()
     trainer.train(train_dataset=make_regression_data(8), num_epochs=1, per_device_batch_size=4)
@@ -107,7 +126,7 @@ def test_precision_from_the_launcher_applies_when_not_given(monkeypatch: pytest.
 
 
 def test_fp16_on_the_cpu_and_fp8_without_backend_fail_clearly() -> None:
-    with pytest.raises(ValueError, match="fp16.*needs a GPU"):
+    with pytest.raises(ValueError, match=r"fp16.*needs a GPU"):
         _trainer(mixed_precision="fp16").train(train_dataset=make_regression_data(8), num_epochs=1)
     with pytest.raises(ValueError, match="fp8"):
         _trainer(mixed_precision="fp8").train(train_dataset=make_regression_data(8), num_epochs=1)
@@ -124,7 +143,9 @@ def test_two_trainers_with_different_precisions_work_one_after_the_other() -> No
         trainers[precision] = _trainer(model, mixed_precision=precision)
     for _ in range(2):
         for precision, trainer in trainers.items():
-            trainer.train(train_dataset=make_regression_data(8), num_epochs=1, per_device_batch_size=4)
+            trainer.train(
+                train_dataset=make_regression_data(8), num_epochs=1, per_device_batch_size=4
+            )
             assert trainer.run_config.mixed_precision == precision
     assert set(dtypes["bf16"]) == {torch.bfloat16} and set(dtypes["no"]) == {torch.float32}
 
@@ -135,7 +156,9 @@ def _run(seed: int | None, global_seed_before: int | None = None) -> list[torch.
     if global_seed_before is not None:
         torch.manual_seed(global_seed_before)
     trainer = _trainer(model)
-    trainer.train(train_dataset=make_regression_data(32), num_epochs=2, per_device_batch_size=4, seed=seed)
+    trainer.train(
+        train_dataset=make_regression_data(32), num_epochs=2, per_device_batch_size=4, seed=seed
+    )
     return weights(model)
 
 
@@ -186,7 +209,13 @@ def test_seeded_dataloader_workers_are_reproducible() -> None:
 
 def test_deterministic_switch_turns_on_torchs_deterministic_algorithms() -> None:
     try:
-        _trainer().train(train_dataset=make_regression_data(8), num_epochs=1, per_device_batch_size=4, seed=1, deterministic=True)
+        _trainer().train(
+            train_dataset=make_regression_data(8),
+            num_epochs=1,
+            per_device_batch_size=4,
+            seed=1,
+            deterministic=True,
+        )
         assert torch.are_deterministic_algorithms_enabled()
     finally:
         torch.use_deterministic_algorithms(False)

@@ -77,7 +77,9 @@ class ProgressBarCallback(TrainerCallback):
     def on_train_epoch_start(self, trainer: BaseTrainer, **kwargs: Any) -> None:
         self._open(trainer, trainer._train_dataloader, "train")
 
-    def on_train_step_end(self, trainer: BaseTrainer, **kwargs: Any) -> None:
+    def on_train_step_end(
+        self, trainer: BaseTrainer, batch: Any, batch_output: dict[str, Any], **kwargs: Any
+    ) -> None:
         self._advance()
 
     def on_train_epoch_end(self, trainer: BaseTrainer, **kwargs: Any) -> None:
@@ -86,7 +88,9 @@ class ProgressBarCallback(TrainerCallback):
     def on_eval_epoch_start(self, trainer: BaseTrainer, **kwargs: Any) -> None:
         self._open(trainer, trainer._eval_dataloader, "eval")
 
-    def on_eval_step_end(self, trainer: BaseTrainer, **kwargs: Any) -> None:
+    def on_eval_step_end(
+        self, trainer: BaseTrainer, batch: Any, batch_output: dict[str, Any], **kwargs: Any
+    ) -> None:
         self._advance()
 
     def on_eval_epoch_end(self, trainer: BaseTrainer, **kwargs: Any) -> None:
@@ -138,7 +142,9 @@ class TerminateOnNaNCallback(TrainerCallback):
         pending, self._pending = self._pending, None
         if pending is not None and not bool(pending):
             self.triggered = True
-            raise StopTrainingError(f"Stopping training: a non-finite loss was found in a {self._pending_where} step")
+            raise StopTrainingError(
+                f"Stopping training: a non-finite loss was found in a {self._pending_where} step"
+            )
 
     def _record(self, batch_output: dict[str, Any], where: str) -> None:
         self._check_pending()
@@ -151,10 +157,14 @@ class TerminateOnNaNCallback(TrainerCallback):
         self.triggered = False
         self._pending = None
 
-    def on_train_step_end(self, trainer: BaseTrainer, batch_output: dict[str, Any], **kwargs: Any) -> None:
+    def on_train_step_end(
+        self, trainer: BaseTrainer, batch: Any, batch_output: dict[str, Any], **kwargs: Any
+    ) -> None:
         self._record(batch_output, "training")
 
-    def on_eval_step_end(self, trainer: BaseTrainer, batch_output: dict[str, Any], **kwargs: Any) -> None:
+    def on_eval_step_end(
+        self, trainer: BaseTrainer, batch: Any, batch_output: dict[str, Any], **kwargs: Any
+    ) -> None:
         self._record(batch_output, "validation")
 
     def on_train_epoch_end(self, trainer: BaseTrainer, **kwargs: Any) -> None:

@@ -155,14 +155,18 @@ class AccelerateMixin(BaseTrainer):
 
     # -- preparation ------------------------------------------------------------------------
 
+    @staticmethod
+    def _set_even_batches(dataloader: Any, even_batches: bool) -> None:
+        batch_sampler: Any = getattr(dataloader, "batch_sampler", None)
+        if hasattr(batch_sampler, "even_batches"):
+            batch_sampler.even_batches = even_batches
+
     def _prepare_dataloader(self, dataloader: Any, even_batches: bool) -> Any:
         acc = self.accelerator
         if dataloader is None or (acc.num_processes == 1 and acc.device.type == "cpu"):
             return dataloader
         prepared = acc.prepare_data_loader(dataloader)
-        batch_sampler = getattr(prepared, "batch_sampler", None)
-        if hasattr(batch_sampler, "even_batches"):
-            batch_sampler.even_batches = even_batches
+        self._set_even_batches(prepared, even_batches)
         return prepared
 
     def _prepare_model_optimizer_and_dataloaders(self) -> None:
@@ -174,15 +178,13 @@ class AccelerateMixin(BaseTrainer):
         """
         acc = self.accelerator
         if self._engine_owns_optimizer:
-            objects = [self.model, self.optimizer, self._train_dataloader, self._eval_dataloader]
-            present = [obj for obj in objects if obj is not None]
-            prepared = iter(acc.prepare(*present))
-            self.model, self.optimizer, self._train_dataloader, self._eval_dataloader = (
-                next(prepared) if obj is not None else None for obj in objects
-            )
-            batch_sampler = getattr(self._eval_dataloader, "batch_sampler", None)
-            if hasattr(batch_sampler, "even_batches"):
-                batch_sampler.even_batches = False
+            # Engines (DeepSpeed needs the loaders to infer its batch size) prepare all at once.
+            names = ("model", "optimizer", "_train_dataloader", "_eval_dataloader")
+            present = [name for name in names if getattr(self, name) is not None]
+            prepared = acc.prepare(*(getattr(self, name) for name in present))
+            for name, obj in zip(present, prepared if len(present) > 1 else [prepared]):
+                setattr(self, name, obj)
+            self._set_even_batches(self._eval_dataloader, False)
             return
         self.model = acc.prepare_model(self.model)
         if self.optimizer is not None and self.optimizer.state and acc.device.type != "cpu":
@@ -303,3 +305,22 @@ class AccelerateMixin(BaseTrainer):
             acc.clip_grad_value_(self._parameters(), clip_value)
         elif clip_norm is not None:
             acc.clip_grad_norm_(self._parameters(), clip_norm)
+
+    # -- checkpointing support (used by CheckpointMixin) --------------------------------------
+
+    @override
+    def _grad_scaler_state(self) -> dict[str, Any] | None:
+        scaler = self.accelerator.scaler
+        return None if scaler is None else dict(scaler.state_dict())
+
+    @override
+    def _load_grad_scaler_state(self, state: dict[str, Any] | None) -> None:
+        scaler = self.accelerator.scaler
+        if scaler is not None and state is not None:
+            scaler.load_state_dict(state)
+
+    @override
+    def _sharded_engine_name(self) -> str | None:
+        distributed_type = self.accelerator.distributed_type
+        sharded = {DistributedType.DEEPSPEED, DistributedType.FSDP, DistributedType.MEGATRON_LM}
+        return str(distributed_type) if distributed_type in sharded else None

@@ -44,8 +44,14 @@ class EvaluationMixin(BaseTrainer):
             dataset = self.eval_dataset
         if dataset is None:
             raise ValueError("evaluate() needs a dataset")
-        if isinstance(per_device_batch_size, bool) or not isinstance(per_device_batch_size, int) or per_device_batch_size < 1:
-            raise ValueError(f"per_device_batch_size must be a positive integer, got {per_device_batch_size!r}")
+        if (
+            isinstance(per_device_batch_size, bool)
+            or not isinstance(per_device_batch_size, int)
+            or per_device_batch_size < 1
+        ):
+            raise ValueError(
+                f"per_device_batch_size must be a positive integer, got {per_device_batch_size!r}"
+            )
         self.eval_dataset = dataset
         self.collate_fn = collate_fn
         self.run_history.reset()
@@ -96,26 +102,40 @@ class EvaluationMixin(BaseTrainer):
         return dataloader
 
     @override
-    def _run_eval_epoch(self, valid_dl: Any, is_training: bool = True, is_intermediate: bool = False) -> None:
+    def _run_eval_epoch(
+        self, valid_dl: Any, is_training: bool = True, is_intermediate: bool = False
+    ) -> None:
         """One pass over ``valid_dl`` without gradients; records ``eval_loss_epoch``
         (``intermediate_eval_loss`` inside a training epoch, ``evaluation_loss`` in
         ``evaluate()``)."""
         tracker = self._eval_loss_tracker
         self.eval_epoch_start()
         tracker.reset()
-        self.callback_handler.call_event("on_eval_epoch_start", self, is_intermediate=is_intermediate)
+        self.callback_handler.call_event(
+            "on_eval_epoch_start", self, is_intermediate=is_intermediate
+        )
         with torch.no_grad():
             for batch in valid_dl:
                 self.callback_handler.call_event("on_eval_step_start", self)
                 batch_output = self.calculate_eval_batch_loss(batch)
-                if not isinstance(batch_output, dict) or "loss" not in batch_output or "batch_size" not in batch_output:
-                    found = sorted(batch_output) if isinstance(batch_output, dict) else type(batch_output).__name__
+                if (
+                    not isinstance(batch_output, dict)
+                    or "loss" not in batch_output
+                    or "batch_size" not in batch_output
+                ):
+                    found = (
+                        sorted(batch_output)
+                        if isinstance(batch_output, dict)
+                        else type(batch_output).__name__
+                    )
                     raise ValueError(
                         "calculate_eval_batch_loss must return a dict with the keys 'loss', "
                         f"'model_outputs' and 'batch_size'; got {found}"
                     )
                 tracker.update(batch_output["loss"], batch_output["batch_size"])
-                self.callback_handler.call_event("on_eval_step_end", self, batch_output=batch_output, batch=batch)
+                self.callback_handler.call_event(
+                    "on_eval_step_end", self, batch_output=batch_output, batch=batch
+                )
         self.eval_epoch_end()
         if is_intermediate:
             name = "intermediate_eval_loss"

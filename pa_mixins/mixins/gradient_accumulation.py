@@ -56,7 +56,9 @@ class GradientAccumulationMixin(BaseTrainer):
         num_items = batch_output.get("num_items_in_batch")
         if num_items is not None:
             num_items = torch.as_tensor(num_items, device=loss.device, dtype=torch.float32)
-            self._items_in_group = num_items if self._items_in_group is None else self._items_in_group + num_items
+            self._items_in_group = (
+                num_items if self._items_in_group is None else self._items_in_group + num_items
+            )
             self._group_size += 1
             return loss * num_items
         steps = self._accumulation_steps

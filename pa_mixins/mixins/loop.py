@@ -50,7 +50,12 @@ import torch
 
 from pa_mixins.base import BaseTrainer, BatchOutput
 from pa_mixins.callbacks.core import StopTrainingError
-from pa_mixins.data import EpochShuffleSampler, default_dataloader_kwargs, has_length, make_dataloader
+from pa_mixins.data import (
+    EpochShuffleSampler,
+    default_dataloader_kwargs,
+    has_length,
+    make_dataloader,
+)
 from pa_mixins.seeding import draw_seed, seed_everything, use_deterministic_algorithms
 
 __all__ = ["TrainingLoopMixin"]
@@ -176,7 +181,9 @@ class TrainingLoopMixin(BaseTrainer):
             batch_size=per_device_batch_size, train_dl_kwargs=train_dataloader_kwargs
         )
         self._eval_dataloader = (
-            self.create_eval_dataloader(batch_size=per_device_batch_size, eval_dl_kwargs=eval_dataloader_kwargs)
+            self.create_eval_dataloader(
+                batch_size=per_device_batch_size, eval_dl_kwargs=eval_dataloader_kwargs
+            )
             if eval_dataset is not None
             else None
         )
@@ -237,7 +244,11 @@ class TrainingLoopMixin(BaseTrainer):
             raise ValueError(
                 "The training dataloader is empty: the training dataset has "
                 f"{len(self.train_dataset)} samples"
-                + (" and drop_last=True drops them all" if self._train_dl_kwargs.get("drop_last") else "")
+                + (
+                    " and drop_last=True drops them all"
+                    if self._train_dl_kwargs.get("drop_last")
+                    else ""
+                )
             )
         return dataloader
 
@@ -276,7 +287,11 @@ class TrainingLoopMixin(BaseTrainer):
         """Tell the loader's sampler which epoch starts (seeded shuffling)."""
         sampler = getattr(dataloader, "sampler", None)
         batch_sampler = getattr(dataloader, "batch_sampler", None)
-        for candidate in (sampler, getattr(batch_sampler, "sampler", None), getattr(getattr(batch_sampler, "batch_sampler", None), "sampler", None)):
+        for candidate in (
+            sampler,
+            getattr(batch_sampler, "sampler", None),
+            getattr(getattr(batch_sampler, "batch_sampler", None), "sampler", None),
+        ):
             if isinstance(candidate, EpochShuffleSampler):
                 candidate.set_epoch(self._run_epoch)
                 return
@@ -321,14 +336,24 @@ class TrainingLoopMixin(BaseTrainer):
 
     @staticmethod
     def _check_batch_output(batch_output: Any, hook: str) -> None:
-        if not isinstance(batch_output, dict) or "loss" not in batch_output or "batch_size" not in batch_output:
-            found = sorted(batch_output) if isinstance(batch_output, dict) else type(batch_output).__name__
+        if (
+            not isinstance(batch_output, dict)
+            or "loss" not in batch_output
+            or "batch_size" not in batch_output
+        ):
+            found = (
+                sorted(batch_output)
+                if isinstance(batch_output, dict)
+                else type(batch_output).__name__
+            )
             raise ValueError(
                 f"{hook} must return a dict with the keys 'loss', 'model_outputs' and "
                 f"'batch_size'; got {found}"
             )
 
-    def _update_loss_tracker(self, batch_loss: torch.Tensor, batch_size: int | torch.Tensor) -> None:
+    def _update_loss_tracker(
+        self, batch_loss: torch.Tensor, batch_size: int | torch.Tensor
+    ) -> None:
         self._loss_tracker.update(batch_loss, batch_size)
 
     def _perform_optimizer_update(self) -> None:
@@ -338,7 +363,9 @@ class TrainingLoopMixin(BaseTrainer):
         self._after_optimizer_step()
         self.optimizer_zero_grad()
         self._num_updates += 1
-        self.callback_handler.call_event("on_optimizer_step_end", self, num_updates=self._num_updates)
+        self.callback_handler.call_event(
+            "on_optimizer_step_end", self, num_updates=self._num_updates
+        )
 
     # -- hooks ------------------------------------------------------------------------------------
 

@@ -31,7 +31,8 @@ class MixedPrecisionMixin(BaseTrainer):
     def __init__(self, *args: Any, mixed_precision: str | None = None, **kwargs: Any) -> None:
         if mixed_precision is not None and mixed_precision not in MIXED_PRECISION_MODES:
             raise ValueError(
-                f"mixed_precision must be one of {MIXED_PRECISION_MODES} or None, got {mixed_precision!r}"
+                f"mixed_precision must be one of {MIXED_PRECISION_MODES} or None, "
+                f"got {mixed_precision!r}"
             )
         self.requested_mixed_precision = mixed_precision
         super().__init__(*args, **kwargs)
@@ -44,7 +45,7 @@ class MixedPrecisionMixin(BaseTrainer):
         return kwargs
 
     def _create_accelerator(self) -> Any:
-        accelerator = super()._create_accelerator()  # type: ignore[misc]
+        accelerator = super()._create_accelerator()
         if accelerator.mixed_precision == "fp16" and accelerator.device.type == "cpu":
             raise ValueError(
                 "mixed_precision='fp16' needs a GPU (or another accelerator with fp16 support): "

@@ -18,8 +18,8 @@ from torch import nn
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2]))
 
-from pa_mixins import Trainer, TrainerPlaceholderValues  # noqa: E402
-from tests.conftest import make_model, make_regression_data  # noqa: E402
+from pa_mixins import Trainer, TrainerPlaceholderValues
+from tests.conftest import make_model, make_regression_data
 
 
 def main() -> None:
@@ -40,7 +40,8 @@ def main() -> None:
         torch.optim.lr_scheduler.LinearLR,
         start_factor=1.0,
         end_factor=0.0,
-        total_iters=TrainerPlaceholderValues.NUM_EPOCHS * TrainerPlaceholderValues.NUM_UPDATE_STEPS_PER_EPOCH,
+        total_iters=TrainerPlaceholderValues.NUM_EPOCHS
+        * TrainerPlaceholderValues.NUM_UPDATE_STEPS_PER_EPOCH,
     )
     trainer.train(
         train_dataset=make_regression_data(args.samples),
@@ -63,7 +64,10 @@ def main() -> None:
         "scheduler_steps": trainer.scheduler.last_epoch,
         "scheduler_total": trainer.scheduler.total_iters,
         "final_lr": optimizer.param_groups[0]["lr"],
-        "history": {name: trainer.run_history.get_metric_values(name) for name in sorted(trainer.run_history.get_metric_names())},
+        "history": {
+            name: trainer.run_history.get_metric_values(name)
+            for name in sorted(trainer.run_history.get_metric_names())
+        },
     }
     out = pathlib.Path(args.out_dir)
     out.mkdir(parents=True, exist_ok=True)
