@@ -9,6 +9,7 @@ from pa_mixins.base import BaseTrainer
 from pa_mixins.callbacks import DEFAULT_CALLBACKS
 from pa_mixins.mixins import (
     AccelerateMixin,
+    CheckpointMixin,
     EvaluationMixin,
     GradientAccumulationMixin,
     MixedPrecisionMixin,
@@ -30,6 +31,7 @@ __all__ = [
 
 
 class Trainer(
+    CheckpointMixin,
     SchedulerMixin,
     MixedPrecisionMixin,
     GradientAccumulationMixin,

@@ -2,6 +2,7 @@
 ``TrainingLoopMixin``, the adapter ``AccelerateMixin`` just before ``BaseTrainer``."""
 
 from pa_mixins.mixins.accelerate import AccelerateMixin
+from pa_mixins.mixins.checkpointing import CheckpointMixin
 from pa_mixins.mixins.evaluation import EvaluationMixin
 from pa_mixins.mixins.gradient_accumulation import GradientAccumulationMixin
 from pa_mixins.mixins.loop import TrainingLoopMixin
@@ -11,6 +12,7 @@ from pa_mixins.mixins.timm_scheduling import TimmSchedulerMixin
 
 __all__ = [
     "AccelerateMixin",
+    "CheckpointMixin",
     "EvaluationMixin",
     "GradientAccumulationMixin",
     "MixedPrecisionMixin",
