@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+from pa_mixins.callbacks.checkpointing import SaveTrainingStateCallback, WSDCheckpointCallback
 from pa_mixins.callbacks.core import (
     CallbackHandler,
     CallbackMethodNotImplementedError,
@@ -17,19 +18,24 @@ from pa_mixins.callbacks.defaults import (
     TerminateOnNaNCallback,
 )
 from pa_mixins.callbacks.limits import LimitBatchesCallback
+from pa_mixins.callbacks.model_selection import EarlyStoppingCallback, SaveBestModelCallback
 
 __all__ = [
     "DEFAULT_CALLBACKS",
     "CallbackHandler",
     "CallbackMethodNotImplementedError",
+    "EarlyStoppingCallback",
     "LimitBatchesCallback",
     "LogMetricsCallback",
     "MoveModulesToDeviceCallback",
     "PrintProgressCallback",
     "ProgressBarCallback",
+    "SaveBestModelCallback",
+    "SaveTrainingStateCallback",
     "StopTrainingError",
     "TerminateOnNaNCallback",
     "TrainerCallback",
+    "WSDCheckpointCallback",
     "get_default_callbacks",
 ]
 

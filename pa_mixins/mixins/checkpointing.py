@@ -295,9 +295,10 @@ def _capture_rng() -> dict[str, Any]:
     try:
         import numpy as np
 
-        _, keys, pos, has_gauss, cached = np.random.get_state()
+        numpy_state: Any = np.random.get_state()
+        _, keys, pos, has_gauss, cached = numpy_state
         state["numpy"] = {
-            "keys": torch.from_numpy(keys.astype(np.int64)),
+            "keys": torch.from_numpy(np.asarray(keys).astype(np.int64)),
             "pos": int(pos),
             "has_gauss": int(has_gauss),
             "cached_gaussian": float(cached),
@@ -474,7 +475,7 @@ class CheckpointMixin(TrainingLoopMixin):
         if save_scheduler and self.scheduler is not None:
             try:
                 checkpoint["scheduler_state_dict"] = self.scheduler.state_dict()
-            except Exception as error:  # noqa: BLE001 - as pytorch-accelerated: warn and go on
+            except Exception as error:  # as pytorch-accelerated: warn and go on
                 warnings.warn(
                     f"The scheduler's state was not saved: state_dict() failed ({error})",
                     stacklevel=2,
@@ -521,7 +522,9 @@ class CheckpointMixin(TrainingLoopMixin):
                     "The checkpoint holds an optimizer state but the trainer has no optimizer: "
                     "create it with one, or pass load_optimizer=False"
                 )
-            _check_optimizer_fits(self.optimizer, checkpoint["optimizer_state_dict"], str(checkpoint_path))
+            _check_optimizer_fits(
+                self.optimizer, checkpoint["optimizer_state_dict"], str(checkpoint_path)
+            )
         if load_scheduler and "scheduler_state_dict" in checkpoint and self.scheduler is None:
             raise ValueError(
                 "The checkpoint holds a scheduler state but the trainer has no scheduler: "
@@ -659,7 +662,11 @@ class CheckpointMixin(TrainingLoopMixin):
             except OSError as error:
                 ok, failure = 0, error
         if self._agree_int(ok) != 1:
-            _remove_files(written if not is_main else [output_dir / n for n in _generation_files(output_dir, generation)])
+            _remove_files(
+                written
+                if not is_main
+                else [output_dir / n for n in _generation_files(output_dir, generation)]
+            )
             raise CheckpointError(
                 f"Committing the training state in {output_dir} failed"
                 + (f": {failure}" if failure else "")
@@ -690,7 +697,7 @@ class CheckpointMixin(TrainingLoopMixin):
             "position": position,
             "run": {
                 "num_processes": int(getattr(self, "num_processes", 1)),
-                "batches_per_epoch": len(train_dl) if train_dl is not None and has_length(train_dl) else None,  # type: ignore[arg-type]
+                "batches_per_epoch": _length(train_dl),
                 "gradient_accumulation_steps": (
                     self.run_config.gradient_accumulation_steps if self.run_config else 1
                 ),
@@ -708,7 +715,9 @@ class CheckpointMixin(TrainingLoopMixin):
         return {
             "process_index": int(getattr(self, "process_index", 0)),
             "rng": _capture_rng(),
-            "grads": [p.grad for p in self.model.parameters()] if mid_epoch and group_size else None,
+            "grads": [p.grad for p in self.model.parameters()]
+            if mid_epoch and group_size
+            else None,
             "accumulation": {
                 "group_size": group_size if mid_epoch else 0,
                 "items_in_group": getattr(self, "_items_in_group", None) if mid_epoch else None,
@@ -732,7 +741,9 @@ class CheckpointMixin(TrainingLoopMixin):
         generation = manifest["generation"]
         num_processes = int(getattr(self, "num_processes", 1))
         saved_processes = int(manifest["num_processes"])
-        trainer_state = safe_load(state_dir / _TRAINER_FILE.format(gen=generation), "training state")
+        trainer_state = safe_load(
+            state_dir / _TRAINER_FILE.format(gen=generation), "training state"
+        )
         if not isinstance(trainer_state, dict) or trainer_state.get("format") != STATE_FORMAT:
             raise CheckpointError(f"{state_dir} does not hold a pa_mixins training state")
         if saved_processes != num_processes:
@@ -787,11 +798,11 @@ class CheckpointMixin(TrainingLoopMixin):
         if resume_from is None:
             return
         failure: BaseException | None = None
+        process_state: dict[str, Any] | None = None
         try:
             state_dir = resolve_training_state(resume_from)
             manifest = read_manifest(state_dir)
             trainer_state, process_state = self._read_state_files(state_dir, manifest, strict=True)
-            assert process_state is not None
             self._check_fits(trainer_state, state_dir)
             self._check_resumable(trainer_state, state_dir)
         except (CheckpointError, OSError, ValueError, KeyError) as error:
@@ -800,13 +811,16 @@ class CheckpointMixin(TrainingLoopMixin):
             if failure is not None:
                 raise failure
             raise CheckpointError("Resuming failed on another process (see its error)")
+        assert process_state is not None
         self._apply_weights(trainer_state)
         self.run_history.load_state_dict(trainer_state["run_history"])
         position = trainer_state["position"]
         self._run_epoch = int(position["epoch"])
         self._num_updates = int(position["num_updates"])
         self._max_steps_reached = bool(position["max_steps_reached"])
-        self._first_step_of_epoch = int(position["next_step"]) if position["phase"] == "train" else 0
+        self._first_step_of_epoch = (
+            int(position["next_step"]) if position["phase"] == "train" else 0
+        )
         self._set_shuffle_seed(trainer_state["run"]["shuffle_seed"])
         self._resume = _PendingResume(
             position=position,
@@ -825,7 +839,7 @@ class CheckpointMixin(TrainingLoopMixin):
     def _check_resumable(self, trainer_state: dict[str, Any], state_dir: Path) -> None:
         saved = trainer_state["run"]
         train_dl = self._train_dataloader
-        batches = len(train_dl) if train_dl is not None and has_length(train_dl) else None  # type: ignore[arg-type]
+        batches = _length(train_dl)
         steps = self.run_config.gradient_accumulation_steps if self.run_config else 1
         if saved["batches_per_epoch"] is not None and saved["batches_per_epoch"] != batches:
             raise CheckpointError(
@@ -850,7 +864,9 @@ class CheckpointMixin(TrainingLoopMixin):
         if seed is None:
             return
         self._shuffle_seed = seed
-        sampler, _ = _find_shuffle_sampler(getattr(self._train_dataloader, "dl", self._train_dataloader))
+        sampler, _ = _find_shuffle_sampler(
+            getattr(self._train_dataloader, "dl", self._train_dataloader)
+        )
         if sampler is not None:
             sampler.seed = seed
 
@@ -892,9 +908,10 @@ class CheckpointMixin(TrainingLoopMixin):
         if accumulation["group_size"] and hasattr(self, "_group_size"):
             self._group_size = accumulation["group_size"]
             items = accumulation["items_in_group"]
-            self._items_in_group = items.to(self.device) if isinstance(items, torch.Tensor) else items
-            train_dl = self._train_dataloader
-            self._epoch_num_batches = len(train_dl) if has_length(train_dl) else None  # type: ignore[arg-type]
+            self._items_in_group = (
+                items.to(self.device) if isinstance(items, torch.Tensor) else items
+            )
+            self._epoch_num_batches = _length(self._train_dataloader)
         if resume.grads is not None:
             for param, grad in zip(self.model.parameters(), resume.grads, strict=True):
                 param.grad = None if grad is None else grad.to(param.device)
@@ -955,7 +972,7 @@ class CheckpointMixin(TrainingLoopMixin):
         """Extends a training epoch: the epoch-boundary safe point, resuming inside or after
         the epoch, and the safe point after its training part."""
         self._apply_resumed_callback_states()
-        self._safe_point(_position("epoch_start", self._run_epoch, 0, self._num_updates, self._max_steps_reached))
+        self._safe_point(self._position_now("epoch_start"))
         if hasattr(train_dl, "set_epoch"):
             # Accelerate's loaders reset their sampler to their own iteration count when
             # iterated; keep it equal to the run's epoch (a resumed run starts mid-way).
@@ -973,13 +990,17 @@ class CheckpointMixin(TrainingLoopMixin):
             train_dl = self._resumed_epoch_loader(train_dl)
         self._ckpt_next_step = self._first_step_of_epoch
         super()._run_train_epoch(train_dl)
-        self._safe_point(_position("train_done", self._run_epoch, 0, self._num_updates, self._max_steps_reached))
+        self._safe_point(self._position_now("train_done"))
 
     @override
-    def _run_eval_epoch(self, valid_dl: Any, is_training: bool = True, is_intermediate: bool = False) -> None:
+    def _run_eval_epoch(
+        self, valid_dl: Any, is_training: bool = True, is_intermediate: bool = False
+    ) -> None:
         """Extends an evaluation epoch: skipped when resuming after it; a safe point after
         the epoch's evaluation (not after intermediate or nested ones)."""
-        top_level = is_training and not is_intermediate and self._ckpt_in_run and self._ckpt_eval_depth == 0
+        top_level = (
+            is_training and not is_intermediate and self._ckpt_in_run and self._ckpt_eval_depth == 0
+        )
         resume = self._resume
         if top_level and resume is not None and resume.phase == "eval_done":
             self._resume = None
@@ -987,11 +1008,13 @@ class CheckpointMixin(TrainingLoopMixin):
             return
         self._ckpt_eval_depth += 1
         try:
-            super()._run_eval_epoch(valid_dl, is_training=is_training, is_intermediate=is_intermediate)
+            super()._run_eval_epoch(
+                valid_dl, is_training=is_training, is_intermediate=is_intermediate
+            )
         finally:
             self._ckpt_eval_depth -= 1
         if top_level:
-            self._safe_point(_position("eval_done", self._run_epoch, 0, self._num_updates, self._max_steps_reached))
+            self._safe_point(self._position_now("eval_done"))
 
     @override
     def _is_update_step(self, step: int) -> bool:
@@ -1006,7 +1029,7 @@ class CheckpointMixin(TrainingLoopMixin):
         batch_output = super()._perform_forward_and_backward_passes(batch, step)
         self._ckpt_next_step = step + 1
         if not self._ckpt_step_is_update:
-            self._safe_point(self._train_position(), poll_others=False)
+            self._safe_point(self._position_now("train"), poll_others=False)
         return batch_output
 
     @override
@@ -1014,7 +1037,7 @@ class CheckpointMixin(TrainingLoopMixin):
         """Extends an update: a safe point once every callback has seen it."""
         super()._perform_optimizer_update()
         poll = self._num_updates % max(self.stop_signal_check_interval, 1) == 0
-        self._safe_point(self._train_position(), poll_others=poll)
+        self._safe_point(self._position_now("train"), poll_others=poll)
 
     @override
     def training_run_end(self) -> None:
@@ -1026,14 +1049,18 @@ class CheckpointMixin(TrainingLoopMixin):
 
     # -- safe points ----------------------------------------------------------------------------
 
-    def _train_position(self) -> dict[str, Any]:
+    def _position_now(self, phase: str) -> dict[str, Any]:
+        """The current position, ``phase`` being where the loop is (see :func:`_position`)."""
+        next_step = self._ckpt_next_step if phase == "train" else 0
         return _position(
-            "train", self._run_epoch, self._ckpt_next_step, self._num_updates, self._max_steps_reached
+            phase, self._run_epoch, next_step, self._num_updates, self._max_steps_reached
         )
 
     def _run_end_position(self) -> dict[str, Any]:
         num_epochs = self.run_config.num_epochs if self.run_config is not None else None
-        stopped = not self._max_steps_reached and (num_epochs is None or self._run_epoch < num_epochs)
+        stopped = not self._max_steps_reached and (
+            num_epochs is None or self._run_epoch < num_epochs
+        )
         phase = "ended" if stopped else "epoch_start"
         return _position(phase, self._run_epoch, 0, self._num_updates, self._max_steps_reached)
 
@@ -1063,7 +1090,9 @@ class CheckpointMixin(TrainingLoopMixin):
         while self._pending_saves:
             output_dir, kwargs = self._pending_saves.pop(0)
             self._write_training_state(output_dir, kwargs, position)
-            self.callback_handler.call_event("on_training_state_saved", self, output_dir=str(output_dir))
+            self.callback_handler.call_event(
+                "on_training_state_saved", self, output_dir=str(output_dir)
+            )
 
     # -- signals ----------------------------------------------------------------------------------
 
@@ -1123,7 +1152,9 @@ class CheckpointMixin(TrainingLoopMixin):
 # ----------------------------------------------------------------------------------------------
 
 
-def _position(phase: str, epoch: int, next_step: int, num_updates: int, max_steps_reached: bool) -> dict[str, Any]:
+def _position(
+    phase: str, epoch: int, next_step: int, num_updates: int, max_steps_reached: bool
+) -> dict[str, Any]:
     """Where a state sits in the run: ``phase`` is ``"train"`` (before micro-batch
     ``next_step`` of epoch ``epoch``, 0-based), ``"train_done"`` / ``"eval_done"`` (after the
     epoch's training / evaluation), ``"epoch_start"`` (before epoch ``epoch``) or ``"ended"``
@@ -1135,6 +1166,10 @@ def _position(phase: str, epoch: int, next_step: int, num_updates: int, max_step
         "num_updates": int(num_updates),
         "max_steps_reached": bool(max_steps_reached),
     }
+
+
+def _length(dataloader: Any) -> int | None:
+    return len(dataloader) if dataloader is not None and has_length(dataloader) else None
 
 
 def _generation_files(folder: Path, generation: int) -> list[str]:
@@ -1186,7 +1221,9 @@ def _check_model_fits(model: torch.nn.Module, weights: dict[str, Any], source: s
             details.append(f"missing from the file: {missing[:5]}")
         if unexpected:
             details.append(f"not in the model: {unexpected[:5]}")
-        raise CheckpointError(f"{source} does not fit this model ({'; '.join(details)}); nothing was loaded")
+        raise CheckpointError(
+            f"{source} does not fit this model ({'; '.join(details)}); nothing was loaded"
+        )
 
 
 def _check_optimizer_fits(optimizer: Any, state: dict[str, Any], source: str) -> None:
