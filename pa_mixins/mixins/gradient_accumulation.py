@@ -69,20 +69,24 @@ class GradientAccumulationMixin(BaseTrainer):
 
     @override
     def _before_optimizer_step(self) -> None:
-        grads = [p.grad for p in self.model.parameters() if p.grad is not None]
         if self._items_in_group is not None:
-            # Gradients now hold (1/P) * sum over processes of each item's loss gradient (DDP
-            # averages over the P processes): make them the mean over all items.
+            # Gradients now hold (1/P) * the sum over processes of every item's loss gradient
+            # (DDP averages over the P processes): make them the mean over all the items.
             total_items = self.reduce_sum(self._items_in_group)
-            factor = getattr(self, "num_processes", 1) / total_items.clamp_min(1)
-            if grads:
-                torch._foreach_mul_(grads, factor.to(grads[0].dtype))
-        elif 0 < self._group_size < self._accumulation_steps and grads:
+            self._scale_gradients(getattr(self, "num_processes", 1) / total_items.clamp_min(1))
+        elif 0 < self._group_size < self._accumulation_steps:
             # A last, shorter group: its losses were divided by the full group size.
-            torch._foreach_mul_(grads, self._accumulation_steps / self._group_size)
+            self._scale_gradients(self._accumulation_steps / self._group_size)
         self._group_size = 0
         self._items_in_group = None
         super()._before_optimizer_step()
+
+    def _scale_gradients(self, factor: float | torch.Tensor) -> None:
+        grads = [p.grad for p in self.model.parameters() if p.grad is not None]
+        if grads:
+            if isinstance(factor, torch.Tensor):
+                factor = factor.to(grads[0].dtype)
+            torch._foreach_mul_(grads, factor)
 
     @override
     def _finish_pending_update(self) -> None:
