@@ -265,8 +265,8 @@ def resolve_training_state(path: str | os.PathLike[str]) -> Path:
             f"{folder} is a file, not a training-state folder (load_checkpoint reads files "
             "written by save_checkpoint)"
         )
-    if (folder / MANIFEST_NAME).exists():
-        read_manifest(folder)
+    if (folder / MANIFEST_NAME).exists() or any(folder.glob("trainer.*.pt")):
+        read_manifest(folder)  # raises, saying what is wrong, unless it is complete
         return folder
     states = list_training_states(folder)
     if states:
