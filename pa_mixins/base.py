@@ -371,3 +371,39 @@ class BaseTrainer:
         """The engine sharding the model or optimizer state (DeepSpeed, FSDP, Megatron-LM),
         whose training states are not supported yet; ``None`` otherwise."""
         return None
+
+    # ------------------------------------------------------------------------------------------
+    # Distributed support: the loop and evaluation use these seams; AccelerateMixin provides
+    # them. On one process they cost one method call and read nothing from the device.
+    # ------------------------------------------------------------------------------------------
+
+    def _call_loop_event(self, event: str, **kwargs: Any) -> None:
+        """Fire callback ``event`` from inside the training or evaluation loop.
+
+        On one process this is ``callback_handler.call_event``. On several processes
+        ``AccelerateMixin`` holds a :class:`StopTrainingError` raised by a callback until the
+        next :meth:`_agree_on_stop`, so that one process never leaves the others waiting in a
+        collective. Not meant to be overridden.
+        """
+        self.callback_handler.call_event(event, self, **kwargs)
+
+    def _agree_on_stop(self) -> None:
+        """A point where every process learns whether one of them was asked to stop, and
+        then all raise :class:`StopTrainingError` together. No-op on one process."""
+
+    def _model_for_evaluation(self) -> nn.Module:
+        """The module that evaluation and prediction run through: ``self.model`` here;
+        ``AccelerateMixin`` returns the module inside a DDP wrapper, with its buffers made
+        equal to the first process's (no collective in an evaluation forward pass)."""
+        return self.model
+
+    def _prepare_unsharded_dataloader(self, dataloader: Any) -> Any:
+        """``dataloader`` with its batches placed on this process's device, not split between
+        processes (``predict`` shards the data itself, to keep the dataset order)."""
+        return dataloader
+
+    def _gather_exact(self, data: Any, num_rows: int) -> Any:
+        """Concatenate ``data`` (a tensor or a nested structure of tensors, ``num_rows`` rows
+        on this process, possibly a different number on each) from every process, in process
+        order, without padding. ``data`` itself on one process."""
+        return data

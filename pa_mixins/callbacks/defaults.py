@@ -131,6 +131,11 @@ class TerminateOnNaNCallback(TrainerCallback):
     step late**, so at most one update has used a non-finite loss. The trainer catches the
     :class:`StopTrainingError` and ends the run normally; :attr:`triggered` stays ``True`` so a
     script can tell (the process is not exited).
+
+    On several processes the loss is checked on each process; the trainer makes every
+    process stop at the same point (before the update of the step where the check failed),
+    and :attr:`triggered` becomes ``True`` on every process, so a script that acts on it takes
+    the same path everywhere.
     """
 
     def __init__(self) -> None:
@@ -142,9 +147,11 @@ class TerminateOnNaNCallback(TrainerCallback):
         pending, self._pending = self._pending, None
         if pending is not None and not bool(pending):
             self.triggered = True
-            raise StopTrainingError(
+            error = StopTrainingError(
                 f"Stopping training: a non-finite loss was found in a {self._pending_where} step"
             )
+            error.non_finite_loss = True  # type: ignore[attr-defined]
+            raise error
 
     def _record(self, batch_output: dict[str, Any], where: str) -> None:
         self._check_pending()
@@ -154,6 +161,10 @@ class TerminateOnNaNCallback(TrainerCallback):
             self._pending_where = where
 
     def on_training_run_start(self, trainer: BaseTrainer, **kwargs: Any) -> None:
+        self.triggered = False
+        self._pending = None
+
+    def on_evaluation_run_start(self, trainer: BaseTrainer, **kwargs: Any) -> None:
         self.triggered = False
         self._pending = None
 
@@ -175,6 +186,8 @@ class TerminateOnNaNCallback(TrainerCallback):
 
     def on_stop_training_error(self, trainer: BaseTrainer, **kwargs: Any) -> None:
         self._pending = None
+        if getattr(kwargs.get("error"), "non_finite_loss", False):
+            self.triggered = True  # another process found the non-finite loss
 
 
 class MoveModulesToDeviceCallback(TrainerCallback):

@@ -22,19 +22,28 @@ from __future__ import annotations
 
 import atexit
 import os
+import pickle
 from collections.abc import Iterable
 from contextlib import AbstractContextManager, nullcontext
-from typing import Any
+from datetime import timedelta
+from typing import Any, ClassVar
 
 import torch
 from accelerate import Accelerator
 from accelerate import notebook_launcher as notebook_launcher
+from accelerate.data_loader import prepare_data_loader
 from accelerate.state import AcceleratorState
-from accelerate.utils import DistributedType
+from accelerate.utils import (
+    DistributedType,
+    InitProcessGroupKwargs,
+    find_batch_size,
+    recursively_apply,
+)
 from torch import nn
 from typing_extensions import override
 
 from pa_mixins.base import BaseTrainer
+from pa_mixins.callbacks.core import CallbackMethodNotImplementedError, StopTrainingError
 from pa_mixins.utils import remove_padding
 
 __all__ = ["AccelerateMixin", "notebook_launcher"]
@@ -54,6 +63,24 @@ WORKING_CPU_LAUNCHES = (
 )
 
 
+#: default of ``AccelerateMixin(process_group_timeout=...)``, in seconds
+DEFAULT_PROCESS_GROUP_TIMEOUT_S = 1800.0
+
+
+def _as_timedelta(timeout: float | timedelta) -> timedelta:
+    if isinstance(timeout, timedelta):
+        seconds = timeout.total_seconds()
+    elif isinstance(timeout, (int, float)) and not isinstance(timeout, bool):
+        seconds = float(timeout)
+    else:
+        raise TypeError(
+            f"process_group_timeout must be a number of seconds or a timedelta, got {timeout!r}"
+        )
+    if not seconds > 0:
+        raise ValueError(f"process_group_timeout must be positive, got {timeout!r}")
+    return timedelta(seconds=seconds)
+
+
 def _destroy_process_group_at_exit() -> None:
     # Without this, gloo's threads can abort the interpreter at shutdown ("terminate called
     # without an active exception") even after a successful run.
@@ -62,6 +89,30 @@ def _destroy_process_group_at_exit() -> None:
 
 
 _exit_handler_registered = False
+
+_stop_groups: dict[int, Any] = {}
+
+
+def _picklable(error: StopTrainingError | None) -> StopTrainingError | None:
+    """``error`` itself when it can be sent to the other processes, else a plain copy."""
+    if error is None:
+        return None
+    try:
+        pickle.loads(pickle.dumps(error))
+    except Exception:
+        return StopTrainingError(str(error))
+    return error
+
+
+def _stop_agreement_group(timeout: timedelta) -> Any:
+    """The process group for stop agreements: the default group when it is gloo, else one
+    gloo group (created once per process group, by every process at the same point)."""
+    if torch.distributed.get_backend() == "gloo":
+        return None
+    key = id(torch.distributed.group.WORLD)
+    if key not in _stop_groups:
+        _stop_groups[key] = torch.distributed.new_group(backend="gloo", timeout=timeout)
+    return _stop_groups[key]
 
 
 def _register_exit_handler() -> None:
@@ -84,15 +135,32 @@ class AccelerateMixin(BaseTrainer):
         ``{"kwargs_handlers": [DistributedDataParallelKwargs(find_unused_parameters=True)]}``),
         so that no private method needs overriding. Other mixins add theirs through
         :meth:`get_accelerator_kwargs`.
+    :param process_group_timeout: seconds (or a ``timedelta``) a collective operation of a
+        run on several processes may wait for the other processes before it fails with an
+        error; a process that died or hangs then ends the run instead of blocking it forever.
+        Default 1800 s (torch's gloo default, used for every backend). Only the first
+        ``Accelerator`` of a process creates the process group, so only its value counts; an
+        ``InitProcessGroupKwargs`` in ``accelerator_kwargs`` wins.
 
     A fresh ``Accelerator`` is created at the start of every ``train()`` / ``evaluate()`` (and
     on first use of :attr:`device`, :meth:`print` or a process role before that).
     """
 
-    init_options = ("accelerator_kwargs",)
+    # Typed Any: mypy requires the same type in every base that assigns it, and other mixins'
+    # one-option tuples infer ``tuple[str]``.
+    init_options: ClassVar[Any] = ("accelerator_kwargs", "process_group_timeout")
 
-    def __init__(self, *args: Any, accelerator_kwargs: dict[str, Any] | None = None, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        *args: Any,
+        accelerator_kwargs: dict[str, Any] | None = None,
+        process_group_timeout: float | timedelta = DEFAULT_PROCESS_GROUP_TIMEOUT_S,
+        **kwargs: Any,
+    ) -> None:
         self.accelerator_kwargs: dict[str, Any] = dict(accelerator_kwargs or {})
+        self.process_group_timeout = _as_timedelta(process_group_timeout)
+        self._defer_stops = False
+        self._deferred_stop: StopTrainingError | None = None
         self._accelerator: Accelerator | None = None
         self._engine_owns_optimizer = False
         super().__init__(*args, **kwargs)
@@ -103,7 +171,14 @@ class AccelerateMixin(BaseTrainer):
     def get_accelerator_kwargs(self) -> dict[str, Any]:
         """The keyword arguments of ``Accelerator(...)``: the other mixins' settings, then
         ``accelerator_kwargs`` (which wins)."""
-        return {**super().get_accelerator_kwargs(), **self.accelerator_kwargs}
+        kwargs = {**super().get_accelerator_kwargs(), **self.accelerator_kwargs}
+        handlers = list(kwargs.get("kwargs_handlers") or [])
+        if not any(isinstance(handler, InitProcessGroupKwargs) for handler in handlers):
+            kwargs["kwargs_handlers"] = [
+                *handlers,
+                InitProcessGroupKwargs(timeout=self.process_group_timeout),
+            ]
+        return kwargs
 
     @property
     def accelerator(self) -> Accelerator:
@@ -152,6 +227,8 @@ class AccelerateMixin(BaseTrainer):
         self._engine_owns_optimizer = (
             acc.distributed_type in _ENGINES_OWNING_THE_OPTIMIZER or acc.scaler is not None
         )
+        self._defer_stops = acc.num_processes > 1
+        self._deferred_stop = None
 
     # -- preparation ------------------------------------------------------------------------
 
@@ -324,3 +401,128 @@ class AccelerateMixin(BaseTrainer):
         distributed_type = self.accelerator.distributed_type
         sharded = {DistributedType.DEEPSPEED, DistributedType.FSDP, DistributedType.MEGATRON_LM}
         return str(distributed_type) if distributed_type in sharded else None
+
+    # -- distributed support ------------------------------------------------------------------
+    # Agreement on stopping, evaluation without collectives, exact gathers. On one process
+    # every method below returns at once.
+
+    @override
+    def _call_loop_event(self, event: str, **kwargs: Any) -> None:
+        """Fire a loop event. On several processes every callback still receives it on this
+        process, and a :class:`StopTrainingError` raised by one is held until the next
+        :meth:`_agree_on_stop`, so this process keeps taking part in the collectives (DDP's
+        gradient all-reduce) that the others are running. Not meant to be overridden."""
+        if not self._defer_stops:
+            self.callback_handler.call_event(event, self, **kwargs)
+            return
+        for callback in self.callback_handler:
+            try:
+                method = getattr(callback, event)
+            except CallbackMethodNotImplementedError:
+                continue
+            try:
+                method(self, **kwargs)
+            except StopTrainingError as error:
+                if self._deferred_stop is None:
+                    self._deferred_stop = error
+
+    @override
+    def _agree_on_stop(self) -> None:
+        """On several processes: one all-reduce of a flag on a CPU (gloo) group, which never
+        waits for a GPU. If any process holds a stop, every process raises a
+        :class:`StopTrainingError` here: the error (same class, message and attributes) that
+        the lowest such process raised, with ``process_index`` set to that process. Not
+        meant to be overridden."""
+        if not self._defer_stops:
+            return
+        error, self._deferred_stop = self._deferred_stop, None
+        if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+            flag = torch.tensor([0.0 if error is None else 1.0], device=self.device)
+            if self.reduce_sum(flag).item() == 0:
+                return
+            raise error or StopTrainingError("Another process stopped the run")
+        group = _stop_agreement_group(self.process_group_timeout)
+        flag = torch.tensor([0 if error is None else 1], dtype=torch.int32)
+        torch.distributed.all_reduce(flag, group=group)
+        if int(flag.item()) == 0:
+            return
+        errors: list[Any] = [None] * torch.distributed.get_world_size()
+        torch.distributed.all_gather_object(errors, _picklable(error), group=group)
+        if error is not None:
+            raise error
+        rank, first = next((r, e) for r, e in enumerate(errors) if e is not None)
+        first.process_index = rank
+        raise first
+
+    def _buffers_follow_main(self) -> bool:
+        """Whether the prepared model is a DDP replica whose buffers DDP keeps equal to the
+        first process's (``broadcast_buffers``, DDP's default)."""
+        acc = self.accelerator
+        if acc.num_processes == 1 or acc.distributed_type in _ENGINES_OWNING_THE_OPTIMIZER:
+            return False
+        handler = getattr(acc, "ddp_handler", None)
+        return handler is None or bool(getattr(handler, "broadcast_buffers", True))
+
+    @staticmethod
+    def _broadcast_buffers_from_main(module: nn.Module) -> None:
+        if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+            return
+        works = [
+            torch.distributed.broadcast(buffer, src=0, async_op=True) for buffer in module.buffers()
+        ]
+        for work in works:
+            if work is not None:
+                work.wait()
+
+    @override
+    def _model_for_evaluation(self) -> nn.Module:
+        """The module inside a DDP wrapper (its forward pass runs no collective, so processes
+        with different numbers of evaluation batches, or none, cannot hang), after its
+        buffers (e.g. BatchNorm running statistics) are made equal to the first process's,
+        as DDP's next forward pass would. Other models are returned as they are."""
+        model = self.model
+        if not isinstance(model, torch.nn.parallel.DistributedDataParallel):
+            return model
+        module: nn.Module = model.module
+        if self._buffers_follow_main():
+            self._broadcast_buffers_from_main(module)
+        return module
+
+    @override
+    def training_run_end(self) -> None:
+        """End of ``train()``: on several processes, makes the model's buffers equal to the
+        first process's (DDP broadcasts them before each forward pass, so after the last one
+        each replica has its own), so every replica holds the same weights. Extend with
+        ``super().training_run_end()`` called last."""
+        if self._defer_stops and self._buffers_follow_main():
+            self._broadcast_buffers_from_main(self.model)
+        super().training_run_end()
+
+    def _prepare_unsharded_dataloader(self, dataloader: Any) -> Any:
+        """``dataloader`` with its batches placed on this process's device, not sharded
+        (each process iterates all of it)."""
+        acc = self.accelerator
+        if acc.device.type == "cpu":
+            return dataloader
+        return prepare_data_loader(
+            dataloader, device=acc.device, num_processes=1, process_index=0, put_on_device=True
+        )
+
+    @override
+    def _gather_exact(self, data: Any, num_rows: int) -> Any:
+        acc = self.accelerator
+        if acc.num_processes == 1:
+            return data
+        counts = acc.gather(torch.tensor([num_rows], device=acc.device)).tolist()
+        padded = acc.pad_across_processes(data, dim=0)
+        gathered = acc.gather(padded)
+        longest = int(find_batch_size(padded))
+        keep = torch.cat(
+            [
+                torch.arange(rank * longest, rank * longest + count, dtype=torch.long)
+                for rank, count in enumerate(counts)
+            ]
+        )
+        return recursively_apply(
+            lambda tensor: tensor.index_select(0, keep.to(tensor.device)), gathered
+        )

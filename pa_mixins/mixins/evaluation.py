@@ -1,11 +1,20 @@
-"""``EvaluationMixin``: ``evaluate()``, evaluation epochs and their hooks."""
+"""``EvaluationMixin``: ``evaluate()``, ``predict()``, evaluation epochs and their hooks.
+
+Exact on several processes: each process evaluates its own share of the data (no sample
+twice, none missing), the loss is the sample-weighted mean over all of them, and an
+evaluation forward pass runs no collective operation (through the module inside a DDP
+wrapper, whose buffers are first made equal to the first process's), so processes with
+different numbers of batches, or none, never wait for each other. ``predict()`` returns the
+outputs of every sample, in dataset order, on every process.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import torch
+from torch.utils.data import IterableDataset, Subset
 from typing_extensions import override
 
 from pa_mixins.base import BaseTrainer, BatchOutput
@@ -16,12 +25,56 @@ from pa_mixins.tracking import LossTracker
 __all__ = ["EvaluationMixin"]
 
 
+def _check_batch_size(per_device_batch_size: Any) -> None:
+    if (
+        isinstance(per_device_batch_size, bool)
+        or not isinstance(per_device_batch_size, int)
+        or per_device_batch_size < 1
+    ):
+        raise ValueError(
+            f"per_device_batch_size must be a positive integer, got {per_device_batch_size!r}"
+        )
+
+
+def _concatenate(outputs: Sequence[Any]) -> Any:
+    """Concatenate per-batch model outputs along dim 0: tensors, or dicts / lists / tuples of
+    them (nested)."""
+    first = outputs[0]
+    if isinstance(first, torch.Tensor):
+        return torch.cat(list(outputs))
+    if isinstance(first, dict):
+        return type(first)(
+            {key: _concatenate([output[key] for output in outputs]) for key in first}
+        )
+    if isinstance(first, (list, tuple)):
+        parts = [_concatenate([output[i] for output in outputs]) for i in range(len(first))]
+        return type(first)(*parts) if hasattr(first, "_fields") else type(first)(parts)
+    raise TypeError(
+        "predict() gathers tensors, or dicts, lists and tuples of tensors; the model returned "
+        f"{type(first).__name__}: override calculate_batch_predictions to return tensors"
+    )
+
+
+def _shard(num_samples: int, num_processes: int, process_index: int) -> tuple[list[int], int]:
+    """The contiguous share of ``range(num_samples)`` that ``process_index`` predicts and its
+    length. A process with no share gets sample 0 to compute (its rows are dropped), so that
+    every process has outputs of the same structure to gather."""
+    per_process = -(-num_samples // num_processes)
+    start = min(process_index * per_process, num_samples)
+    stop = min(start + per_process, num_samples)
+    indices = list(range(start, stop))
+    return (indices, len(indices)) if indices else ([0], 0)
+
+
 class EvaluationMixin(BaseTrainer):
     """Adds :meth:`evaluate` and the evaluation epoch used after each training epoch.
 
     Losses are summed on the device and read once per epoch. On several processes each
     process evaluates its own share of the data (no sample twice, ``even_batches=False``) and
-    the recorded loss is the sample-weighted mean over all of them.
+    the recorded loss is the sample-weighted mean over all of them: the same, up to float
+    rounding, as one process evaluating the whole set. The forward passes go through
+    ``_model_for_evaluation()`` (the module inside a DDP wrapper, buffers equal to the first
+    process's), so ``self.model`` inside the evaluation hooks is that module.
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -44,14 +97,7 @@ class EvaluationMixin(BaseTrainer):
             dataset = self.eval_dataset
         if dataset is None:
             raise ValueError("evaluate() needs a dataset")
-        if (
-            isinstance(per_device_batch_size, bool)
-            or not isinstance(per_device_batch_size, int)
-            or per_device_batch_size < 1
-        ):
-            raise ValueError(
-                f"per_device_batch_size must be a positive integer, got {per_device_batch_size!r}"
-            )
+        _check_batch_size(per_device_batch_size)
         self.eval_dataset = dataset
         self.collate_fn = collate_fn
         self.run_history.reset()
@@ -71,6 +117,88 @@ class EvaluationMixin(BaseTrainer):
         )
         self._run_evaluation()
 
+    def predict(
+        self,
+        dataset: Any,
+        per_device_batch_size: int = 8,
+        dataloader_kwargs: dict[str, Any] | None = None,
+        collate_fn: Callable[..., Any] | None = None,
+    ) -> Any:
+        """Return the model's outputs for every sample of ``dataset``, in dataset order.
+
+        The model runs in eval mode without gradients, through
+        :meth:`calculate_batch_predictions` (``self.model(batch[0])`` by default, so a
+        dataset of ``(inputs, targets)`` works as it is; override it for other batches). On
+        several processes each process computes a contiguous share of the samples and every
+        process gets all outputs, concatenated along dim 0 in dataset order, with no sample
+        twice; the result is the same, up to float rounding, as on one process. Every process
+        must call it. The outputs are tensors (or dicts, lists and tuples of tensors) on this
+        process's device: call ``.cpu()`` to keep them.
+
+        Works with a trainer created with ``optimizer=None``. No callback event fires, the
+        run history is left as it is, and ``self.model`` is the unwrapped model afterwards.
+
+        :param dataset: a map-style dataset (with ``__len__``).
+        :param per_device_batch_size: the batch size of each process (a ``batch_size`` in
+            ``dataloader_kwargs`` wins).
+        :param dataloader_kwargs: overrides of the ``DataLoader`` settings; ``sampler``,
+            ``batch_sampler`` and ``shuffle=True`` are refused (the order is the dataset's).
+        :param collate_fn: the loader's ``collate_fn``.
+        """
+        _check_batch_size(per_device_batch_size)
+        if isinstance(dataset, IterableDataset) or not hasattr(dataset, "__len__"):
+            raise TypeError("predict() needs a dataset with a length (a map-style dataset)")
+        if len(dataset) == 0:
+            raise ValueError("predict() got an empty dataset")
+        kwargs = dict(dataloader_kwargs or {})
+        if "sampler" in kwargs or "batch_sampler" in kwargs or kwargs.get("shuffle"):
+            raise ValueError(
+                "predict() returns the outputs in dataset order: remove sampler, batch_sampler "
+                "and shuffle from dataloader_kwargs (pass a torch.utils.data.Subset to predict "
+                "part of a dataset)"
+            )
+        self._start_hardware_run()
+        indices, num_rows = _shard(
+            len(dataset),
+            int(getattr(self, "num_processes", 1)),
+            int(getattr(self, "process_index", 0)),
+        )
+        dataloader, _ = make_dataloader(
+            Subset(dataset, indices),
+            self.get_default_eval_dl_kwargs(per_device_batch_size),
+            kwargs,
+            collate_fn,
+            shuffle_seed=None,
+        )
+        loaders = self._train_dataloader, self._eval_dataloader
+        self._train_dataloader = self._eval_dataloader = None
+        try:
+            self._prepare_model_optimizer_and_dataloaders()
+        finally:
+            self._train_dataloader, self._eval_dataloader = loaders
+        prepared = self.model
+        self.model = self._model_for_evaluation()
+        try:
+            self.model.eval()
+            with torch.no_grad():
+                outputs = [
+                    self.calculate_batch_predictions(batch)
+                    for batch in self._prepare_unsharded_dataloader(dataloader)
+                ]
+            predictions = self._gather_exact(_concatenate(outputs), num_rows)
+        finally:
+            self.model = prepared
+            self.model = self.get_model()
+        return predictions
+
+    def calculate_batch_predictions(self, batch: Any) -> Any:
+        """The model outputs for one batch of :meth:`predict` (gradients are off, the model is
+        in eval mode): ``self.model(batch[0])`` for a tuple or list batch, ``self.model(batch)``
+        otherwise. Override for other batches; return a tensor (or a dict, list or tuple of
+        tensors) with one row per sample. No need to call ``super()``."""
+        inputs = batch[0] if isinstance(batch, (list, tuple)) else batch
+        return self.model(inputs)
+
     def _run_evaluation(self) -> None:
         self.evaluation_run_start()
         self.callback_handler.call_event("on_evaluation_run_start", self)
@@ -78,7 +206,7 @@ class EvaluationMixin(BaseTrainer):
             self._run_eval_epoch(self._eval_dataloader, is_training=False)
         except StopTrainingError as error:
             self.print(error)
-            self.callback_handler.call_event("on_stop_training_error", self)
+            self.callback_handler.call_event("on_stop_training_error", self, error=error)
         self.evaluation_run_end()
         self.callback_handler.call_event("on_evaluation_run_end", self)
 
@@ -108,15 +236,23 @@ class EvaluationMixin(BaseTrainer):
         """One pass over ``valid_dl`` without gradients; records ``eval_loss_epoch``
         (``intermediate_eval_loss`` inside a training epoch, ``evaluation_loss`` in
         ``evaluate()``)."""
+        model = self.model
+        self.model = self._model_for_evaluation()
+        try:
+            self._run_eval_batches(valid_dl, is_training, is_intermediate)
+        finally:
+            if self.model is not model and isinstance(self.model, torch.nn.Module):
+                model.train(self.model.training)  # the wrapper follows the module's mode
+            self.model = model
+
+    def _run_eval_batches(self, valid_dl: Any, is_training: bool, is_intermediate: bool) -> None:
         tracker = self._eval_loss_tracker
         self.eval_epoch_start()
         tracker.reset()
-        self.callback_handler.call_event(
-            "on_eval_epoch_start", self, is_intermediate=is_intermediate
-        )
+        self._call_loop_event("on_eval_epoch_start", is_intermediate=is_intermediate)
         with torch.no_grad():
             for batch in valid_dl:
-                self.callback_handler.call_event("on_eval_step_start", self)
+                self._call_loop_event("on_eval_step_start")
                 batch_output = self.calculate_eval_batch_loss(batch)
                 if (
                     not isinstance(batch_output, dict)
@@ -133,16 +269,16 @@ class EvaluationMixin(BaseTrainer):
                         f"'model_outputs' and 'batch_size'; got {found}"
                     )
                 tracker.update(batch_output["loss"], batch_output["batch_size"])
-                self.callback_handler.call_event(
-                    "on_eval_step_end", self, batch_output=batch_output, batch=batch
-                )
+                self._call_loop_event("on_eval_step_end", batch_output=batch_output, batch=batch)
+        self._agree_on_stop()
         self.eval_epoch_end()
         if is_intermediate:
             name = "intermediate_eval_loss"
         else:
             name = "eval_loss_epoch" if is_training else "evaluation_loss"
         self._add_epoch_loss_to_run_history(name, tracker)
-        self.callback_handler.call_event("on_eval_epoch_end", self, is_intermediate=is_intermediate)
+        self._call_loop_event("on_eval_epoch_end", is_intermediate=is_intermediate)
+        self._agree_on_stop()
 
     def eval_epoch_start(self) -> None:
         """Start of each evaluation epoch: puts the model in eval mode. Extend with

@@ -34,7 +34,14 @@ The loop, with the hook (trainer method) before the callback event of the same n
         training_run_end; on_training_run_end
 
 A ``StopTrainingError`` raised anywhere in an epoch is printed, fires
-``on_stop_training_error`` and ends the epoch loop; the end-of-run hooks still run.
+``on_stop_training_error`` (with ``error``, the exception) and ends the epoch loop; the
+end-of-run hooks still run.
+
+On several processes, the callback events of the loop go through ``_call_loop_event``, which
+holds a ``StopTrainingError`` raised on one process until the next ``_agree_on_stop``: before
+each optimizer update (after the backward pass, so the update is not applied), at the end of
+the epoch's batches and after the epoch-level events. There every process raises it, so all
+stop at the same point (see docs/scale_out.md). On one process both are plain calls.
 
 The loop never reads a value from the device during an epoch: losses are summed on the
 device and read once when the epoch's mean is recorded.
@@ -266,12 +273,13 @@ class TrainingLoopMixin(BaseTrainer):
                 if self.eval_dataset is not None:
                     self._run_eval_epoch(self._eval_dataloader)
                 self.training_run_epoch_end()
-                self.callback_handler.call_event("on_training_run_epoch_end", self)
+                self._call_loop_event("on_training_run_epoch_end")
+                self._agree_on_stop()
                 self.run_history._increment_epoch()
                 self._run_epoch += 1
             except StopTrainingError as error:
                 self.print(error)
-                self.callback_handler.call_event("on_stop_training_error", self)
+                self.callback_handler.call_event("on_stop_training_error", self, error=error)
                 break
             if self._max_steps_reached:
                 if self._user_max_steps is not None:
@@ -303,33 +311,38 @@ class TrainingLoopMixin(BaseTrainer):
         assert self.run_config is not None
         self.train_epoch_start()
         self._loss_tracker.reset()
-        self.callback_handler.call_event("on_train_epoch_start", self)
+        self._call_loop_event("on_train_epoch_start")
+        self._agree_on_stop()
         self._set_sampler_epoch(getattr(train_dl, "dl", train_dl))
         max_updates = self.run_config.max_num_train_steps
         first_step, self._first_step_of_epoch = self._first_step_of_epoch, 0
         for step, batch in enumerate(train_dl, start=first_step):
-            self.callback_handler.call_event("on_train_step_start", self)
+            self._call_loop_event("on_train_step_start")
             is_update = self._is_update_step(step)
             with nullcontext() if is_update else self.no_gradient_sync():
                 self._perform_forward_and_backward_passes(batch, step)
             if is_update:
+                self._agree_on_stop()
                 self._perform_optimizer_update()
                 if max_updates is not None and self._num_updates >= max_updates:
                     self._max_steps_reached = True
                     break
         else:
+            self._agree_on_stop()
             self._finish_pending_update()
             self._max_steps_reached = max_updates is not None and self._num_updates >= max_updates
+        self._agree_on_stop()
         self.train_epoch_end()
         self._add_epoch_loss_to_run_history("train_loss_epoch")
-        self.callback_handler.call_event("on_train_epoch_end", self)
+        self._call_loop_event("on_train_epoch_end")
+        self._agree_on_stop()
 
     def _perform_forward_and_backward_passes(self, batch: Any, step: int) -> BatchOutput:
         batch_output = self.calculate_train_batch_loss(batch)
         self._check_batch_output(batch_output, "calculate_train_batch_loss")
         self._update_loss_tracker(batch_output["loss"], batch_output["batch_size"])
-        self.callback_handler.call_event(
-            "on_train_step_end", self, batch_output=batch_output, batch=batch, step=step
+        self._call_loop_event(
+            "on_train_step_end", batch_output=batch_output, batch=batch, step=step
         )
         self.backward_step(self._loss_for_backward(batch_output))
         return batch_output
@@ -363,9 +376,7 @@ class TrainingLoopMixin(BaseTrainer):
         self._after_optimizer_step()
         self.optimizer_zero_grad()
         self._num_updates += 1
-        self.callback_handler.call_event(
-            "on_optimizer_step_end", self, num_updates=self._num_updates
-        )
+        self._call_loop_event("on_optimizer_step_end", num_updates=self._num_updates)
 
     # -- hooks ------------------------------------------------------------------------------------
 
