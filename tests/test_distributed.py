@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import os
 import pathlib
-import signal
 import socket
 import subprocess
 import sys
@@ -192,3 +191,107 @@ def test_a_stop_on_one_process_stops_every_process_at_the_same_step(tmp_path: pa
     # lr=0: no improvement; patience 2 stops both processes after the third epoch.
     assert len(rank0["early_stopping"]["metrics"]["eval_loss_epoch"]) == 3
     assert "no improvement" in rank0["early_stopping"]["error"]
+
+
+# ----------------------------------------------------------------------------------------------
+# A process that dies or hangs
+# ----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.multiprocess
+@pytest.mark.parametrize("mode", ["kill", "hang"])
+def test_a_dead_or_hung_process_ends_the_run_with_an_error(
+    tmp_path: pathlib.Path, mode: str
+) -> None:
+    started = time.monotonic()
+    done = _run([*_torchrun(2), str(SCRIPTS / "dist_dead.py"), str(tmp_path), mode, "3"])
+    elapsed = time.monotonic() - started
+    assert done.returncode != 0
+    error = (tmp_path / "rank0_error.txt").read_text()
+    seconds = float(error.split()[1].rstrip("s"))
+    if mode == "kill":
+        # The peer's socket closes: process 0 fails at once.
+        assert "Connection closed by peer" in error or "Connection reset" in error, error
+        assert seconds < 3
+    else:
+        # Process 1 stops answering: process 0 fails after process_group_timeout (3 s).
+        assert "Timed out" in error, error
+        assert 2.5 < seconds < 10
+    assert elapsed < 60
+
+
+def test_process_group_timeout_reaches_the_accelerator_and_is_checked() -> None:
+    from datetime import timedelta
+
+    from accelerate.utils import InitProcessGroupKwargs
+
+    model = nn.Linear(2, 1)
+    (handler,) = Trainer(model).get_accelerator_kwargs()["kwargs_handlers"]
+    assert isinstance(handler, InitProcessGroupKwargs)
+    assert handler.timeout == timedelta(seconds=1800)
+    (handler,) = Trainer(model, process_group_timeout=5).get_accelerator_kwargs()["kwargs_handlers"]
+    assert handler.timeout == timedelta(seconds=5)
+    mine = InitProcessGroupKwargs(timeout=timedelta(seconds=7))
+    trainer = Trainer(model, accelerator_kwargs={"kwargs_handlers": [mine]})
+    assert trainer.get_accelerator_kwargs()["kwargs_handlers"] == [mine]
+    with pytest.raises(ValueError, match="positive"):
+        Trainer(model, process_group_timeout=0)
+    with pytest.raises(TypeError, match="seconds"):
+        Trainer(model, process_group_timeout="10")
+
+
+# ----------------------------------------------------------------------------------------------
+# Two machines (two launcher invocations on this one)
+# ----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.multiprocess
+def test_two_nodes_train_like_one_node_with_two_processes(tmp_path: pathlib.Path) -> None:
+    script = str(SCRIPTS.parent / "scripts" / "train_tiny.py")
+    args = ["--batch-size", "4", "--epochs", "2", "--samples", "32"]
+    port = _free_port()
+    nodes = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "torch.distributed.run",
+                "--nnodes=2",
+                f"--node_rank={node}",
+                "--nproc_per_node=1",
+                "--master_addr=127.0.0.1",
+                f"--master_port={port}",
+                script,
+                str(tmp_path / "nodes"),
+                *args,
+            ],
+            env=_env(),
+            cwd=REPO_ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for node in (0, 1)
+    ]
+    try:
+        outputs = [node.communicate(timeout=LAUNCH_TIMEOUT_S) for node in nodes]
+    finally:
+        for node in nodes:
+            if node.poll() is None:
+                node.kill()
+                node.wait()
+    for node, (_, stderr) in zip(nodes, outputs):
+        assert node.returncode == 0, stderr[-3000:]
+    one_node = _run([*_torchrun(2), script, str(tmp_path / "one_node"), *args])
+    assert one_node.returncode == 0, one_node.stderr[-3000:]
+
+    rank0, rank1 = _results(tmp_path / "nodes")
+    reference = _results(tmp_path / "one_node")[0]
+    assert rank0["rank"] == 0 and rank1["rank"] == 1
+    assert rank0["num_processes"] == rank1["num_processes"] == 2
+    assert rank0["weights"] == rank1["weights"]
+    assert rank0["num_updates"] == reference["num_updates"] == 8
+    for got, expected in zip(rank0["weights"], reference["weights"]):
+        assert got == pytest.approx(expected, abs=1e-6)
+    for name, values in reference["history"].items():
+        assert rank0["history"][name] == pytest.approx(values, rel=1e-6)

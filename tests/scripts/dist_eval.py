@@ -73,7 +73,9 @@ def main() -> None:
     )
     nine, one = make_data(9, seed=1), make_data(1, seed=2)
     # Training: 9 samples, batch 2; evaluation after each epoch on the same 9 samples.
-    trainer.train(make_data(9, seed=3), num_epochs=2, eval_dataset=nine, per_device_batch_size=2, seed=5)
+    trainer.train(
+        make_data(9, seed=3), num_epochs=2, eval_dataset=nine, per_device_batch_size=2, seed=5
+    )
     result: dict[str, Any] = {
         "rank": trainer.process_index,
         "num_processes": trainer.num_processes,
@@ -98,7 +100,9 @@ def main() -> None:
     result["reference_one"] = reference(trainer.model, one)[1]
     # A trainer without an optimizer predicts the same; dict outputs keep their structure.
     predictor = Trainer(trainer.model, callbacks=())
-    result["predict_no_optimizer"] = predictor.predict(nine, per_device_batch_size=3).flatten().tolist()
+    result["predict_no_optimizer"] = (
+        predictor.predict(nine, per_device_batch_size=3).flatten().tolist()
+    )
     out.mkdir(parents=True, exist_ok=True)
     (out / f"rank{trainer.process_index}.json").write_text(json.dumps(result))
 
