@@ -161,12 +161,21 @@ class LossTracker:
         self, loss_batch_value: float | torch.Tensor, batch_size: int | torch.Tensor = 1
     ) -> None:
         if isinstance(loss_batch_value, torch.Tensor):
-            loss_batch_value = loss_batch_value.detach()
-            if loss_batch_value.numel() != 1:
-                loss_batch_value = loss_batch_value.mean()
-            loss_batch_value = loss_batch_value.float()
-        self.loss_value = loss_batch_value
-        self.total_loss = self.total_loss + loss_batch_value * batch_size
+            loss = loss_batch_value.detach()
+            if loss.numel() != 1:
+                loss = loss.mean()
+            self.loss_value = loss
+            if isinstance(self.total_loss, torch.Tensor):
+                # In place, on the device: no new tensor and no synchronisation per step.
+                if isinstance(batch_size, torch.Tensor):
+                    self.total_loss.addcmul_(loss.to(self.total_loss.dtype), batch_size)
+                else:
+                    self.total_loss.add_(loss.to(self.total_loss.dtype), alpha=batch_size)
+            else:
+                self.total_loss = (loss.float() * batch_size) + self.total_loss
+        else:
+            self.loss_value = loss_batch_value
+            self.total_loss = self.total_loss + loss_batch_value * batch_size
         self.running_count = self.running_count + batch_size
 
     @property

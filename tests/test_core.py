@@ -532,3 +532,33 @@ def test_dict_batches_and_loss_computed_by_the_model() -> None:
         per_device_batch_size=4,
     )
     assert len(trainer.run_history.get_metric_values("eval_loss_epoch")) == 1
+
+
+def test_callback_handler_sees_callbacks_added_after_the_first_event() -> None:
+    seen: list[str] = []
+
+    class Late(TrainerCallback):
+        def on_train_step_start(self, trainer: Any, **kwargs: Any) -> None:
+            seen.append("late")
+
+    handler = CallbackHandler([PrintProgressCallback()])
+    handler.call_event("on_train_step_start", None)
+    handler.add_callback(Late)
+    handler.call_event("on_train_step_start", None)
+    handler.callbacks.append(type("Direct", (Late,), {})())
+    handler.call_event("on_train_step_start", None)
+    assert seen == ["late", "late", "late"]
+
+
+def test_loss_tracker_keeps_a_device_sum_of_sample_weighted_losses() -> None:
+    from pa_mixins.tracking import LossTracker
+
+    tracker = LossTracker()
+    tracker.update(torch.tensor(2.0), 3)
+    tracker.update(torch.tensor([1.0, 3.0]), 1)  # a non-scalar loss counts by its mean
+    tracker.update(torch.tensor(4.0), torch.tensor(2))
+    assert isinstance(tracker.total_loss, torch.Tensor)
+    assert float(tracker.average) == pytest.approx((6 + 2 + 8) / 6)
+    tracker.reset()
+    tracker.update(1.5, 2)
+    assert tracker.average == 1.5 and tracker.running_count == 2

@@ -111,6 +111,10 @@ class CallbackHandler:
 
     def __init__(self, callbacks: Iterable[Any] = ()) -> None:
         self.callbacks: list[Any] = []
+        # event -> the callbacks that handle it (built on first use; the loop fires several
+        # events per step, most of which no callback overrides)
+        self._handlers: dict[str, list[Any]] = {}
+        self._handlers_built_for: list[Any] = []
         self.add_callbacks(callbacks)
 
     def add_callbacks(self, callbacks: Iterable[Any]) -> None:
@@ -136,11 +140,30 @@ class CallbackHandler:
     def callback_list(self) -> list[str]:
         return [type(callback).__name__ for callback in self.callbacks]
 
+    def _handlers_of(self, event: str) -> list[Any]:
+        if self._handlers_built_for != self.callbacks:
+            self._handlers = {}
+            self._handlers_built_for = list(self.callbacks)
+        handlers = self._handlers.get(event)
+        if handlers is None:
+            handlers = [callback for callback in self.callbacks if _handles(callback, event)]
+            self._handlers[event] = handlers
+        return handlers
+
     def call_event(self, event: str, *args: Any, **kwargs: Any) -> None:
-        """Call ``event`` on every callback that handles it."""
-        for callback in self.callbacks:
-            try:
-                method = getattr(callback, event)
-            except CallbackMethodNotImplementedError:
-                continue
-            method(*args, **kwargs)
+        """Call ``event`` on every callback that handles it, in order."""
+        for callback in self._handlers_of(event):
+            getattr(callback, event)(*args, **kwargs)
+
+
+def _handles(callback: Any, event: str) -> bool:
+    """Whether ``callback`` does something on ``event``: a ``TrainerCallback`` that neither
+    defines it nor overrides the base class's no-op is skipped; any other object must have the
+    method (``AttributeError`` otherwise, as in pytorch-accelerated)."""
+    try:
+        getattr(callback, event)
+    except CallbackMethodNotImplementedError:
+        return False
+    if not isinstance(callback, TrainerCallback) or event in vars(callback):
+        return True
+    return getattr(type(callback), event, None) is not getattr(TrainerCallback, event, None)
