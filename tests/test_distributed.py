@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from pa_mixins import MinimalTrainer, Trainer
+from pa_mixins.callbacks import ConvertSyncBatchNormCallback
 from tests.conftest import REPO_ROOT, make_regression_data
 
 SCRIPTS = pathlib.Path(REPO_ROOT) / "tests" / "scripts"
@@ -295,3 +296,81 @@ def test_two_nodes_train_like_one_node_with_two_processes(tmp_path: pathlib.Path
         assert got == pytest.approx(expected, abs=1e-6)
     for name, values in reference["history"].items():
         assert rank0["history"][name] == pytest.approx(values, rel=1e-6)
+
+
+# ----------------------------------------------------------------------------------------------
+# Launchers, process roles, utilities
+# ----------------------------------------------------------------------------------------------
+
+
+def _accelerate_launch(*args: str) -> list[str]:
+    return [sys.executable, "-m", "accelerate.commands.launch", *args]
+
+
+@pytest.mark.multiprocess
+def test_accelerate_launch_roles_decorators_device_and_print(tmp_path: pathlib.Path) -> None:
+    command = _accelerate_launch(
+        "--multi_gpu", "--num_processes", "2", str(SCRIPTS / "dist_roles.py"), str(tmp_path)
+    )
+    done = _run(command)
+    assert done.returncode == 0, done.stderr[-3000:]
+    rank0, rank1 = _results(tmp_path)
+    for rank, result in enumerate((rank0, rank1)):
+        assert result["env_rank"] == result["process_index"] == rank
+        assert result["num_processes"] == result["trained_num_processes"] == 2
+        assert result["device"].startswith("cpu")
+        # Called before any Accelerator, a decorator explains instead of pinning "rank 0 of 1".
+        assert "create the trainer" in result["early_decorator"]
+    assert (rank0["is_world_process_zero"], rank1["is_world_process_zero"]) == (True, False)
+    assert (rank0["is_local_process_zero"], rank1["is_local_process_zero"]) == (True, False)
+    assert (rank0["world_zero_only"], rank1["world_zero_only"]) == ("ran", None)
+    assert (rank0["local_zero_only"], rank1["local_zero_only"]) == (0, None)
+    # local_process_zero_first: process 0 ran first, process 1 found its file.
+    assert (rank0["found_first_process_file"], rank1["found_first_process_file"]) == (False, True)
+    assert done.stdout.count("PRINTED-ONCE-PER-MACHINE") == 1
+    assert rank0["weights"] == rank1["weights"]
+    # SyncBatchNorm cannot train on CPU: the layers stay BatchNorm and a warning says so.
+    for result in (rank0, rank1):
+        assert "BatchNorm1d" in result["bn_types"] and "SyncBatchNorm" not in result["bn_types"]
+        assert len(result["sync_bn_warnings"]) == 1
+
+
+@pytest.mark.multiprocess
+def test_accelerate_launch_without_the_cpu_flag_fails_with_a_clear_message(
+    tmp_path: pathlib.Path,
+) -> None:
+    # On a host without GPUs, `accelerate launch --multi_gpu` alone behaves like plain
+    # torchrun (every process alone as rank 0); `--cpu --num_processes 2` starts ONE process,
+    # which nothing can tell from a single-process run (documented in docs/scale_out.md).
+    command = _accelerate_launch(
+        "--multi_gpu", "--num_processes", "2", str(SCRIPTS / "train_tiny.py"), str(tmp_path)
+    )
+    broken = _run(command, env=_env(use_cpu=False))
+    assert broken.returncode != 0
+    assert "WORLD_SIZE=2" in broken.stderr and "ACCELERATE_USE_CPU=1" in broken.stderr
+    assert not list(tmp_path.glob("rank*.json"))
+
+
+@pytest.mark.multiprocess
+def test_notebook_launcher_trains_on_two_cpu_processes(tmp_path: pathlib.Path) -> None:
+    port = str(_free_port())
+    done = _run([sys.executable, str(SCRIPTS / "dist_notebook.py"), str(tmp_path), port])
+    assert done.returncode == 0, done.stderr[-3000:]
+    rank0, rank1 = _results(tmp_path)
+    assert rank0["num_processes"] == rank1["num_processes"] == 2
+    assert rank0["num_updates"] == 4  # 32 samples / (2 processes x batch 4)
+    assert rank0["weights"] == rank1["weights"]
+
+
+def test_convert_sync_batch_norm_does_nothing_on_one_process() -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 8), nn.BatchNorm1d(8), nn.Linear(8, 1))
+    trainer = MinimalTrainer(
+        model,
+        nn.MSELoss(),
+        torch.optim.SGD(model.parameters(), lr=0.05),
+        callbacks=(ConvertSyncBatchNormCallback,),
+    )
+    trainer.train(make_regression_data(16), num_epochs=1, per_device_batch_size=4)
+    assert isinstance(trainer.model[1], nn.BatchNorm1d)
+    assert not isinstance(trainer.model[1], nn.SyncBatchNorm)

@@ -17,6 +17,7 @@ from pa_mixins.callbacks.defaults import (
     ProgressBarCallback,
     TerminateOnNaNCallback,
 )
+from pa_mixins.callbacks.distributed import ConvertSyncBatchNormCallback
 from pa_mixins.callbacks.limits import LimitBatchesCallback
 from pa_mixins.callbacks.model_selection import EarlyStoppingCallback, SaveBestModelCallback
 
@@ -24,6 +25,7 @@ __all__ = [
     "DEFAULT_CALLBACKS",
     "CallbackHandler",
     "CallbackMethodNotImplementedError",
+    "ConvertSyncBatchNormCallback",
     "EarlyStoppingCallback",
     "LimitBatchesCallback",
     "LogMetricsCallback",
