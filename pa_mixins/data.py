@@ -1,4 +1,5 @@
-"""Dataloader defaults and the epoch-seeded shuffling sampler used by the trainers."""
+"""Dataloader defaults, the epoch-seeded shuffling sampler used by the trainers, and the
+loader of an epoch resumed mid-way."""
 
 from __future__ import annotations
 
@@ -11,7 +12,15 @@ from torch.utils.data import DataLoader, IterableDataset, Sampler
 
 from pa_mixins.utils import worker_init_fn
 
-__all__ = ["EpochShuffleSampler", "default_dataloader_kwargs", "has_length", "make_dataloader"]
+__all__ = [
+    "EpochShuffleSampler",
+    "ResumedEpoch",
+    "default_dataloader_kwargs",
+    "find_shuffle_sampler",
+    "has_length",
+    "loader_length",
+    "make_dataloader",
+]
 
 
 class EpochShuffleSampler(Sampler[int]):
@@ -53,6 +62,25 @@ def has_length(obj: Any) -> bool:
     except TypeError:
         return False
     return True
+
+
+def loader_length(dataloader: Any) -> int | None:
+    """``len(dataloader)``, or ``None`` when there is no loader or it has no length."""
+    return len(dataloader) if dataloader is not None and has_length(dataloader) else None
+
+
+def find_shuffle_sampler(dataloader: Any) -> tuple[EpochShuffleSampler | None, Any]:
+    """The loader's :class:`EpochShuffleSampler` and the batch sampler that draws from it."""
+    if isinstance(getattr(dataloader, "sampler", None), EpochShuffleSampler):
+        return dataloader.sampler, getattr(dataloader, "batch_sampler", None)
+    batch_sampler = getattr(dataloader, "batch_sampler", None)
+    for _ in range(4):
+        if batch_sampler is None:
+            break
+        if isinstance(getattr(batch_sampler, "sampler", None), EpochShuffleSampler):
+            return batch_sampler.sampler, batch_sampler
+        batch_sampler = getattr(batch_sampler, "batch_sampler", None)
+    return None, None
 
 
 def default_dataloader_kwargs(
@@ -114,3 +142,52 @@ def make_dataloader(
     if collate_fn is not None:
         kwargs["collate_fn"] = collate_fn
     return DataLoader(dataset, **kwargs), kwargs
+
+
+class ResumedEpoch:
+    """Iterates a training loader from micro-batch ``skip`` on, for the epoch a run resumes in.
+
+    The skipped batches are skipped in the sampler (not loaded) when that gives the same
+    batches as the uninterrupted epoch, else loaded and dropped. ``before_first_batch`` runs
+    once the loader's iterator exists (which draws from the global generator), just before
+    the first resumed batch is used.
+    """
+
+    def __init__(
+        self,
+        dataloader: Any,
+        skip: int,
+        sampler_skip: tuple[EpochShuffleSampler, int] | None,
+        before_first_batch: Callable[[], None],
+    ) -> None:
+        self.dataloader = dataloader
+        self.skip = skip
+        self.sampler_skip = sampler_skip
+        self.before_first_batch = before_first_batch
+
+    @property
+    def dl(self) -> Any:
+        return getattr(self.dataloader, "dl", self.dataloader)
+
+    def __len__(self) -> int:
+        return len(self.dataloader)
+
+    def __iter__(self) -> Iterator[Any]:
+        if has_length(self.dataloader) and self.skip >= len(self.dataloader):
+            self.before_first_batch()
+            return
+        if self.sampler_skip is not None:
+            sampler, num_indices = self.sampler_skip
+            sampler.skip_next(num_indices)
+        iterator = iter(self.dataloader)
+        try:
+            if self.sampler_skip is None:
+                for _ in range(self.skip):
+                    next(iterator)
+            first = next(iterator)
+        except StopIteration:
+            self.before_first_batch()
+            return
+        self.before_first_batch()
+        yield first
+        yield from iterator

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pa_mixins.callbacks.core import TrainerCallback
+from pa_mixins.checkpoint_format import MANIFEST_NAME, list_training_states
 
 if TYPE_CHECKING:
     from pa_mixins.base import BaseTrainer
@@ -109,8 +110,6 @@ class SaveTrainingStateCallback(TrainerCallback):
             return
         if not getattr(trainer, "is_world_process_zero", True):
             return
-        from pa_mixins.mixins.checkpointing import MANIFEST_NAME, list_training_states
-
         own = [
             path
             for path, _ in list_training_states(self.save_dir)

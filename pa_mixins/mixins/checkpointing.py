@@ -74,17 +74,9 @@ The folder must be on a file system that every process of the run can read and w
 
 from __future__ import annotations
 
-import contextlib
-import json
 import os
-import pickle
-import random
 import signal
-import threading
-import time
-import uuid
 import warnings
-from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -95,9 +87,37 @@ from typing_extensions import override
 
 from pa_mixins.base import BatchOutput
 from pa_mixins.callbacks.core import StopTrainingError
-from pa_mixins.data import EpochShuffleSampler, has_length
+from pa_mixins.checkpoint_format import (
+    MANIFEST_NAME,
+    STATE_FORMAT,
+    CheckpointError,
+    UnsafeCheckpointError,
+    check_model_fits,
+    check_optimizer_fits,
+    check_plain,
+    generation_files,
+    list_training_states,
+    next_generation,
+    rank_file_name,
+    read_manifest,
+    remove_files,
+    remove_stale_files,
+    resolve_training_state,
+    safe_load,
+    save_tensors,
+    state_position,
+    trainer_file_name,
+    write_manifest,
+)
+from pa_mixins.checkpoint_format import STATE_VERSION as STATE_VERSION  # re-exported
+from pa_mixins.data import ResumedEpoch, find_shuffle_sampler, has_length, loader_length
 from pa_mixins.mixins.loop import TrainingLoopMixin
+from pa_mixins.seeding import capture_rng_state, restore_rng_state
+from pa_mixins.stop_signals import StopSignals
 
+# The on-disk format lives in pa_mixins.checkpoint_format; its public names (errors,
+# MANIFEST_NAME, STATE_FORMAT, STATE_VERSION, read_manifest, list_training_states,
+# resolve_training_state, safe_load) stay importable from here too.
 __all__ = [
     "MANIFEST_NAME",
     "CheckpointError",
@@ -106,293 +126,6 @@ __all__ = [
     "list_training_states",
     "read_manifest",
 ]
-
-STATE_FORMAT = "pa_mixins.training_state"
-STATE_VERSION = 1
-MANIFEST_NAME = "pa_state.json"
-_TRAINER_FILE = "trainer.{gen}.pt"
-_RANK_FILE = "rank{rank}.{gen}.pt"
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint or training state cannot be written or read; the message says why."""
-
-
-class UnsafeCheckpointError(CheckpointError):
-    """A file holds objects that only a code-executing unpickler could load; it was refused."""
-
-
-# ----------------------------------------------------------------------------------------------
-# Plain data: what a state may hold
-# ----------------------------------------------------------------------------------------------
-
-_PLAIN = (bool, int, float, complex, str, bytes, type(None), torch.dtype, torch.device)
-
-
-def _check_plain(obj: Any, where: str) -> None:
-    """Raise ``TypeError`` unless ``obj`` is made of tensors and plain values only, so that
-    ``torch.load(weights_only=True)`` can read it back."""
-    if isinstance(obj, (torch.Tensor, *_PLAIN)):
-        return
-    if isinstance(obj, dict):
-        for key, value in obj.items():
-            if not isinstance(key, (str, int, float, bool, type(None))):
-                raise TypeError(f"{where} has a key of type {type(key).__name__}")
-            _check_plain(value, f"{where}[{key!r}]")
-        return
-    if isinstance(obj, (list, tuple)):
-        for index, value in enumerate(obj):
-            _check_plain(value, f"{where}[{index}]")
-        return
-    raise TypeError(
-        f"{where} is a {type(obj).__module__}.{type(obj).__name__}: a saved state may only hold "
-        "tensors, numbers, strings, None and lists/tuples/dicts of them (so that it loads "
-        "without running code); convert it to plain values first"
-    )
-
-
-# ----------------------------------------------------------------------------------------------
-# Files: atomic writes, safe reads, manifests
-# ----------------------------------------------------------------------------------------------
-
-
-def _fsync_dir(path: Path) -> None:
-    with contextlib.suppress(OSError):
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
-def _atomic_write(path: Path, write: Callable[[Any], None]) -> int:
-    """Write ``path`` aside, flush it to disk, then rename it into place. Returns its size."""
-    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:12]}")
-    try:
-        with open(tmp, "wb") as file:
-            write(file)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise
-    _fsync_dir(path.parent)
-    return path.stat().st_size
-
-
-def _save_tensors(obj: Any, path: Path) -> int:
-    return _atomic_write(path, lambda file: torch.save(obj, file))
-
-
-def safe_load(path: str | os.PathLike[str], what: str = "file") -> Any:
-    """``torch.load`` that runs no code from the file: tensors and plain values only."""
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as error:
-        raise UnsafeCheckpointError(
-            f"Refusing to load the {what} {path}: it holds objects that only a code-executing "
-            f"unpickler could create, and nothing in it was run ({error}). Load only files "
-            "you trust; pa_mixins files hold tensors and plain values only."
-        ) from None
-    except FileNotFoundError:
-        raise
-    except (RuntimeError, EOFError, OSError, ValueError) as error:
-        raise CheckpointError(
-            f"The {what} {path} cannot be read (truncated, corrupt or not a torch file): {error}"
-        ) from error
-
-
-def read_manifest(state_dir: str | os.PathLike[str]) -> dict[str, Any]:
-    """The manifest of a complete training state; :class:`CheckpointError` saying what is
-    wrong if ``state_dir`` is not one (no manifest: never finished or not a state; a listed
-    file missing or of the wrong size: half-written or damaged)."""
-    folder = Path(state_dir)
-    manifest_path = folder / MANIFEST_NAME
-    if not manifest_path.is_file():
-        raise CheckpointError(
-            f"{folder} is not a complete training state: it has no {MANIFEST_NAME} (a state "
-            "whose writing was interrupted, or a folder not written by save_training_state)"
-        )
-    try:
-        manifest = json.loads(manifest_path.read_text())
-    except (OSError, ValueError) as error:
-        raise CheckpointError(f"The manifest {manifest_path} cannot be read: {error}") from error
-    if not isinstance(manifest, dict) or manifest.get("format") != STATE_FORMAT:
-        raise CheckpointError(f"{manifest_path} is not a pa_mixins training-state manifest")
-    if manifest.get("version", 0) > STATE_VERSION:
-        raise CheckpointError(
-            f"{folder} was written by a newer pa_mixins (state version {manifest['version']}; "
-            f"this one reads up to {STATE_VERSION})"
-        )
-    for name, size in manifest["files"].items():
-        file = folder / name
-        if not file.is_file():
-            raise CheckpointError(f"{folder} is incomplete: {name} is missing")
-        if file.stat().st_size != size:
-            raise CheckpointError(
-                f"{folder} is damaged: {name} has {file.stat().st_size} bytes, the manifest "
-                f"says {size} (half-written?)"
-            )
-    return manifest
-
-
-def list_training_states(folder: str | os.PathLike[str]) -> list[tuple[Path, dict[str, Any]]]:
-    """The complete training states directly inside ``folder``, oldest first (by the time
-    they were saved)."""
-    root = Path(folder)
-    states = []
-    if root.is_dir():
-        for child in root.iterdir():
-            if child.is_dir() and not child.name.startswith("."):
-                try:
-                    states.append((child, read_manifest(child)))
-                except CheckpointError:
-                    continue
-    states.sort(key=lambda item: (item[1].get("saved_at_ns", 0), item[0].name))
-    return states
-
-
-def resolve_training_state(path: str | os.PathLike[str]) -> Path:
-    """``path`` itself if it is a training state, else the newest complete state inside it;
-    a clear error when there is none."""
-    folder = Path(path)
-    if not folder.exists():
-        raise FileNotFoundError(f"No training state at {folder}: the path does not exist")
-    if not folder.is_dir():
-        raise CheckpointError(
-            f"{folder} is a file, not a training-state folder (load_checkpoint reads files "
-            "written by save_checkpoint)"
-        )
-    if (folder / MANIFEST_NAME).exists() or any(folder.glob("trainer.*.pt")):
-        read_manifest(folder)  # raises, saying what is wrong, unless it is complete
-        return folder
-    states = list_training_states(folder)
-    if states:
-        return states[-1][0]
-    children = [child.name for child in folder.iterdir() if not child.name.startswith(".")]
-    if not children:
-        raise CheckpointError(f"{folder} is empty: there is no training state to resume from")
-    problems = []
-    for child in sorted(folder.iterdir()):
-        if child.is_dir() and not child.name.startswith("."):
-            try:
-                read_manifest(child)
-            except CheckpointError as error:
-                problems.append(str(error))
-    detail = "; ".join(problems[:3]) if problems else f"it holds {sorted(children)[:5]}"
-    raise CheckpointError(f"{folder} holds no complete training state: {detail}")
-
-
-# ----------------------------------------------------------------------------------------------
-# Random generators
-# ----------------------------------------------------------------------------------------------
-
-
-def _capture_rng() -> dict[str, Any]:
-    state: dict[str, Any] = {"python": random.getstate(), "torch": torch.get_rng_state()}
-    try:
-        import numpy as np
-
-        numpy_state: Any = np.random.get_state()
-        _, keys, pos, has_gauss, cached = numpy_state
-        state["numpy"] = {
-            "keys": torch.from_numpy(np.asarray(keys).astype(np.int64)),
-            "pos": int(pos),
-            "has_gauss": int(has_gauss),
-            "cached_gaussian": float(cached),
-        }
-    except ImportError:  # pragma: no cover - numpy comes with accelerate
-        pass
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _restore_rng(state: dict[str, Any]) -> None:
-    version, internal, gauss = state["python"]
-    random.setstate((version, tuple(internal), gauss))
-    torch.set_rng_state(state["torch"])
-    if "numpy" in state:
-        import numpy as np
-
-        saved = state["numpy"]
-        keys = saved["keys"].numpy().astype(np.uint32)
-        np.random.set_state(
-            ("MT19937", keys, saved["pos"], saved["has_gauss"], saved["cached_gaussian"])
-        )
-    cuda = state.get("cuda")
-    if cuda and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
-        torch.cuda.set_rng_state_all(cuda)
-
-
-# ----------------------------------------------------------------------------------------------
-# The resumed epoch
-# ----------------------------------------------------------------------------------------------
-
-
-def _find_shuffle_sampler(dataloader: Any) -> tuple[EpochShuffleSampler | None, Any]:
-    """The loader's :class:`EpochShuffleSampler` and the batch sampler that draws from it."""
-    if isinstance(getattr(dataloader, "sampler", None), EpochShuffleSampler):
-        return dataloader.sampler, getattr(dataloader, "batch_sampler", None)
-    batch_sampler = getattr(dataloader, "batch_sampler", None)
-    for _ in range(4):
-        if batch_sampler is None:
-            break
-        if isinstance(getattr(batch_sampler, "sampler", None), EpochShuffleSampler):
-            return batch_sampler.sampler, batch_sampler
-        batch_sampler = getattr(batch_sampler, "batch_sampler", None)
-    return None, None
-
-
-class _ResumedEpoch:
-    """Iterates a training loader from micro-batch ``skip`` on, for the epoch a run resumes in.
-
-    The skipped batches are skipped in the sampler (not loaded) when that gives the same
-    batches as the uninterrupted epoch, else loaded and dropped. ``before_first_batch`` runs
-    once the loader's iterator exists (which draws from the global generator), just before
-    the first resumed batch is used.
-    """
-
-    def __init__(
-        self,
-        dataloader: Any,
-        skip: int,
-        sampler_skip: tuple[EpochShuffleSampler, int] | None,
-        before_first_batch: Callable[[], None],
-    ) -> None:
-        self.dataloader = dataloader
-        self.skip = skip
-        self.sampler_skip = sampler_skip
-        self.before_first_batch = before_first_batch
-
-    @property
-    def dl(self) -> Any:
-        return getattr(self.dataloader, "dl", self.dataloader)
-
-    def __len__(self) -> int:
-        return len(self.dataloader)
-
-    def __iter__(self) -> Iterator[Any]:
-        if has_length(self.dataloader) and self.skip >= len(self.dataloader):
-            self.before_first_batch()
-            return
-        if self.sampler_skip is not None:
-            sampler, num_indices = self.sampler_skip
-            sampler.skip_next(num_indices)
-        iterator = iter(self.dataloader)
-        try:
-            if self.sampler_skip is None:
-                for _ in range(self.skip):
-                    next(iterator)
-            first = next(iterator)
-        except StopIteration:
-            self.before_first_batch()
-            return
-        self.before_first_batch()
-        yield first
-        yield from iterator
 
 
 @dataclass
@@ -410,11 +143,6 @@ class _PendingResume:
     @property
     def phase(self) -> str:
         return str(self.position["phase"])
-
-
-# ----------------------------------------------------------------------------------------------
-# The mixin
-# ----------------------------------------------------------------------------------------------
 
 
 class CheckpointMixin(TrainingLoopMixin):
@@ -443,8 +171,7 @@ class CheckpointMixin(TrainingLoopMixin):
         self._ckpt_eval_depth = 0
         self._ckpt_idle_position: dict[str, Any] | None = None
         self._resume: _PendingResume | None = None
-        self._signal_received: str | None = None
-        self._previous_handlers: dict[int, Any] = {}
+        self._stop_signals = StopSignals(announce=lambda message: self.print(message))
         #: the signal (``"SIGTERM"`` / ``"SIGINT"``) that stopped the last run, else ``None``
         self.stop_signal: str | None = None
         #: the training state the current run resumed from, else ``None``
@@ -481,7 +208,7 @@ class CheckpointMixin(TrainingLoopMixin):
                     stacklevel=2,
                 )
         checkpoint.update(checkpoint_kwargs or {})
-        _check_plain(checkpoint, "the checkpoint")
+        check_plain(checkpoint, "the checkpoint")
         self.wait_for_everyone()
         writer = (
             getattr(self, "is_local_process_zero", True)
@@ -491,7 +218,7 @@ class CheckpointMixin(TrainingLoopMixin):
         if writer:
             path = Path(save_path)
             try:
-                _save_tensors(checkpoint, path)
+                save_tensors(checkpoint, path)
             except OSError as error:
                 raise CheckpointError(f"Cannot write the checkpoint {path}: {error}") from error
         self.wait_for_everyone()
@@ -515,14 +242,14 @@ class CheckpointMixin(TrainingLoopMixin):
             for key, value in checkpoint["model_state_dict"].items()
         }
         model = self.get_model(keep_torch_compile=False)
-        _check_model_fits(model, weights, f"The checkpoint {checkpoint_path}")
+        check_model_fits(model, weights, f"The checkpoint {checkpoint_path}")
         if load_optimizer and "optimizer_state_dict" in checkpoint:
             if self.optimizer is None:
                 raise ValueError(
                     "The checkpoint holds an optimizer state but the trainer has no optimizer: "
                     "create it with one, or pass load_optimizer=False"
                 )
-            _check_optimizer_fits(
+            check_optimizer_fits(
                 self.optimizer, checkpoint["optimizer_state_dict"], str(checkpoint_path)
             )
         if load_scheduler and "scheduler_state_dict" in checkpoint and self.scheduler is None:
@@ -553,11 +280,11 @@ class CheckpointMixin(TrainingLoopMixin):
         must call it.
         """
         kwargs = dict(checkpoint_kwargs or {})
-        _check_plain(kwargs, "checkpoint_kwargs")
+        check_plain(kwargs, "checkpoint_kwargs")
         if self._ckpt_in_run:
             self._pending_saves.append((Path(output_dir), kwargs))
             return
-        position = self._ckpt_idle_position or _position("epoch_start", 0, 0, 0, False)
+        position = self._ckpt_idle_position or state_position("epoch_start", 0, 0, 0, False)
         self._write_training_state(Path(output_dir), kwargs, position)
 
     def load_training_state(self, input_dir: str | os.PathLike[str]) -> dict[str, Any]:
@@ -576,7 +303,7 @@ class CheckpointMixin(TrainingLoopMixin):
         self._check_fits(trainer_state, state_dir)
         self._apply_weights(trainer_state)
         if process_state is not None:
-            _restore_rng(process_state["rng"])
+            restore_rng_state(process_state["rng"])
         return {
             "current_epoch": trainer_state["run_history"]["current_epoch"],
             **trainer_state["checkpoint_kwargs"],
@@ -602,7 +329,7 @@ class CheckpointMixin(TrainingLoopMixin):
         if is_main:
             try:
                 output_dir.mkdir(parents=True, exist_ok=True)
-                generation = _next_generation(output_dir)
+                generation = next_generation(output_dir)
             except OSError as error:
                 problem = f"{type(error).__name__}: {error}"
         generation = self._agree_int(generation)
@@ -618,19 +345,19 @@ class CheckpointMixin(TrainingLoopMixin):
         try:
             if is_main:
                 trainer_state = self._trainer_state(position, checkpoint_kwargs)
-                _check_plain(trainer_state, "the training state")
-                path = output_dir / _TRAINER_FILE.format(gen=generation)
+                check_plain(trainer_state, "the training state")
+                path = output_dir / trainer_file_name(generation)
                 written.append(path)
-                _save_tensors(trainer_state, path)
+                save_tensors(trainer_state, path)
             process_state = self._process_state(position)
-            _check_plain(process_state, "the process state")
-            path = output_dir / _RANK_FILE.format(rank=rank, gen=generation)
+            check_plain(process_state, "the process state")
+            path = output_dir / rank_file_name(rank, generation)
             written.append(path)
-            _save_tensors(process_state, path)
+            save_tensors(process_state, path)
         except (OSError, TypeError, RuntimeError) as error:
             failure = error
         if self._any_process(failure is not None):
-            _remove_files(written)
+            remove_files(written)
             raise CheckpointError(
                 f"Writing the training state to {output_dir} failed"
                 + (f": {type(failure).__name__}: {failure}" if failure else " on another process")
@@ -641,31 +368,15 @@ class CheckpointMixin(TrainingLoopMixin):
         ok = 1
         if is_main:
             try:
-                files = {
-                    _TRAINER_FILE.format(gen=generation): 0,
-                    **{_RANK_FILE.format(rank=r, gen=generation): 0 for r in range(num_processes)},
-                }
-                for name in files:
-                    files[name] = (output_dir / name).stat().st_size
-                manifest = {
-                    "format": STATE_FORMAT,
-                    "version": STATE_VERSION,
-                    "generation": generation,
-                    "saved_at_ns": time.time_ns(),
-                    "num_processes": num_processes,
-                    "position": position,
-                    "files": files,
-                }
-                text = json.dumps(manifest, indent=1).encode()
-                _atomic_write(output_dir / MANIFEST_NAME, lambda file: file.write(text))
-                _remove_stale_files(output_dir, keep=set(files))
+                files = write_manifest(output_dir, generation, num_processes, position)
+                remove_stale_files(output_dir, keep=set(files))
             except OSError as error:
                 ok, failure = 0, error
         if self._agree_int(ok) != 1:
-            _remove_files(
+            remove_files(
                 written
                 if not is_main
-                else [output_dir / n for n in _generation_files(output_dir, generation)]
+                else [output_dir / n for n in generation_files(output_dir, generation)]
             )
             raise CheckpointError(
                 f"Committing the training state in {output_dir} failed"
@@ -697,7 +408,7 @@ class CheckpointMixin(TrainingLoopMixin):
             "position": position,
             "run": {
                 "num_processes": int(getattr(self, "num_processes", 1)),
-                "batches_per_epoch": _length(train_dl),
+                "batches_per_epoch": loader_length(train_dl),
                 "gradient_accumulation_steps": (
                     self.run_config.gradient_accumulation_steps if self.run_config else 1
                 ),
@@ -714,7 +425,7 @@ class CheckpointMixin(TrainingLoopMixin):
         tracker = self._loss_tracker
         return {
             "process_index": int(getattr(self, "process_index", 0)),
-            "rng": _capture_rng(),
+            "rng": capture_rng_state(),
             "grads": [p.grad for p in self.model.parameters()]
             if mid_epoch and group_size
             else None,
@@ -741,9 +452,7 @@ class CheckpointMixin(TrainingLoopMixin):
         generation = manifest["generation"]
         num_processes = int(getattr(self, "num_processes", 1))
         saved_processes = int(manifest["num_processes"])
-        trainer_state = safe_load(
-            state_dir / _TRAINER_FILE.format(gen=generation), "training state"
-        )
+        trainer_state = safe_load(state_dir / trainer_file_name(generation), "training state")
         if not isinstance(trainer_state, dict) or trainer_state.get("format") != STATE_FORMAT:
             raise CheckpointError(f"{state_dir} does not hold a pa_mixins training state")
         if saved_processes != num_processes:
@@ -757,20 +466,18 @@ class CheckpointMixin(TrainingLoopMixin):
             warnings.warn(message + "; the random states are not restored", stacklevel=3)
             return trainer_state, None
         rank = int(getattr(self, "process_index", 0))
-        process_state = safe_load(
-            state_dir / _RANK_FILE.format(rank=rank, gen=generation), "training state"
-        )
+        process_state = safe_load(state_dir / rank_file_name(rank, generation), "training state")
         return trainer_state, process_state
 
     def _check_fits(self, trainer_state: dict[str, Any], state_dir: Path) -> None:
         """Refuse, before anything changes, a state that does not fit this trainer."""
-        _check_model_fits(
+        check_model_fits(
             self.get_model(keep_torch_compile=False),
             trainer_state["model"],
             f"The training state {state_dir}",
         )
         if self.optimizer is not None and trainer_state["optimizer"] is not None:
-            _check_optimizer_fits(self.optimizer, trainer_state["optimizer"], str(state_dir))
+            check_optimizer_fits(self.optimizer, trainer_state["optimizer"], str(state_dir))
 
     def _apply_weights(self, trainer_state: dict[str, Any]) -> None:
         self.get_model(keep_torch_compile=False).load_state_dict(trainer_state["model"])
@@ -791,7 +498,7 @@ class CheckpointMixin(TrainingLoopMixin):
         super()._restore_training_state(resume_from)
         self._pending_saves = []
         self._resume = None
-        self._signal_received = None
+        self._stop_signals.received = None
         self.stop_signal = None
         self.resumed_from = None
         self._ckpt_next_step = 0
@@ -839,7 +546,7 @@ class CheckpointMixin(TrainingLoopMixin):
     def _check_resumable(self, trainer_state: dict[str, Any], state_dir: Path) -> None:
         saved = trainer_state["run"]
         train_dl = self._train_dataloader
-        batches = _length(train_dl)
+        batches = loader_length(train_dl)
         steps = self.run_config.gradient_accumulation_steps if self.run_config else 1
         if saved["batches_per_epoch"] is not None and saved["batches_per_epoch"] != batches:
             raise CheckpointError(
@@ -864,7 +571,7 @@ class CheckpointMixin(TrainingLoopMixin):
         if seed is None:
             return
         self._shuffle_seed = seed
-        sampler, _ = _find_shuffle_sampler(
+        sampler, _ = find_shuffle_sampler(
             getattr(self._train_dataloader, "dl", self._train_dataloader)
         )
         if sampler is not None:
@@ -911,14 +618,14 @@ class CheckpointMixin(TrainingLoopMixin):
             self._items_in_group = (
                 items.to(self.device) if isinstance(items, torch.Tensor) else items
             )
-            self._epoch_num_batches = _length(self._train_dataloader)
+            self._epoch_num_batches = loader_length(self._train_dataloader)
         if resume.grads is not None:
             for param, grad in zip(self.model.parameters(), resume.grads, strict=True):
                 param.grad = None if grad is None else grad.to(param.device)
-        _restore_rng(resume.rng)
+        restore_rng_state(resume.rng)
 
-    def _resumed_epoch_loader(self, train_dl: Any) -> _ResumedEpoch:
-        """Wrap the loader for the epoch the run resumes in (see :class:`_ResumedEpoch`)."""
+    def _resumed_epoch_loader(self, train_dl: Any) -> ResumedEpoch:
+        """Wrap the loader for the epoch the run resumes in (see :class:`ResumedEpoch`)."""
         assert self._resume is not None and self.run_config is not None
         skip = int(self._resume.position["next_step"])
         max_updates = self.run_config.max_num_train_steps
@@ -926,7 +633,7 @@ class CheckpointMixin(TrainingLoopMixin):
             skip = len(train_dl) if has_length(train_dl) else skip  # the run stopped here
         sampler_skip = None
         if isinstance(train_dl, DataLoader):
-            sampler, batch_sampler = _find_shuffle_sampler(train_dl)
+            sampler, batch_sampler = find_shuffle_sampler(train_dl)
             batch_size = getattr(batch_sampler, "batch_size", None)
             num_processes = int(getattr(self, "num_processes", 1))
             if sampler is not None and batch_size:
@@ -937,7 +644,7 @@ class CheckpointMixin(TrainingLoopMixin):
                 )
                 if exact:
                     sampler_skip = (sampler, skip * num_processes * batch_size)
-        return _ResumedEpoch(train_dl, skip, sampler_skip, self._restore_mid_epoch)
+        return ResumedEpoch(train_dl, skip, sampler_skip, self._restore_mid_epoch)
 
     # -- loop overrides --------------------------------------------------------------------------
 
@@ -952,13 +659,14 @@ class CheckpointMixin(TrainingLoopMixin):
             )
             self.model = self.get_model()
             return
-        self._install_signal_handlers()
+        self.stop_signal = None
+        self._stop_signals.install()
         self._ckpt_in_run = True
         try:
             super()._run_training()
         finally:
             self._ckpt_in_run = False
-            self._restore_signal_handlers()
+            self._stop_signals.restore()
             self._resume = None
         self._ckpt_idle_position = self._run_end_position()
         self._flush_pending_saves(self._ckpt_idle_position)
@@ -981,11 +689,11 @@ class CheckpointMixin(TrainingLoopMixin):
         if resume is not None and resume.phase in ("train_done", "eval_done"):
             if resume.phase == "train_done":
                 self._resume = None
-                _restore_rng(resume.rng)
+                restore_rng_state(resume.rng)
             return
         if resume is not None and resume.phase == "epoch_start":
             self._resume = None
-            _restore_rng(resume.rng)
+            restore_rng_state(resume.rng)
         elif resume is not None:
             train_dl = self._resumed_epoch_loader(train_dl)
         self._ckpt_next_step = self._first_step_of_epoch
@@ -1004,7 +712,7 @@ class CheckpointMixin(TrainingLoopMixin):
         resume = self._resume
         if top_level and resume is not None and resume.phase == "eval_done":
             self._resume = None
-            _restore_rng(resume.rng)
+            restore_rng_state(resume.rng)
             return
         self._ckpt_eval_depth += 1
         try:
@@ -1050,9 +758,10 @@ class CheckpointMixin(TrainingLoopMixin):
     # -- safe points ----------------------------------------------------------------------------
 
     def _position_now(self, phase: str) -> dict[str, Any]:
-        """The current position, ``phase`` being where the loop is (see :func:`_position`)."""
+        """The current position, ``phase`` being where the loop is (see
+        :func:`~pa_mixins.checkpoint_format.state_position`)."""
         next_step = self._ckpt_next_step if phase == "train" else 0
-        return _position(
+        return state_position(
             phase, self._run_epoch, next_step, self._num_updates, self._max_steps_reached
         )
 
@@ -1062,7 +771,7 @@ class CheckpointMixin(TrainingLoopMixin):
             num_epochs is None or self._run_epoch < num_epochs
         )
         phase = "ended" if stopped else "epoch_start"
-        return _position(phase, self._run_epoch, 0, self._num_updates, self._max_steps_reached)
+        return state_position(phase, self._run_epoch, 0, self._num_updates, self._max_steps_reached)
 
     def _safe_point(self, position: dict[str, Any], poll_others: bool = True) -> None:
         """Write the saves requested since the last safe point; stop here on a signal. Costs
@@ -1070,7 +779,7 @@ class CheckpointMixin(TrainingLoopMixin):
         collective every ``stop_signal_check_interval`` updates)."""
         stop = self._stop_agreed(poll_others)
         if stop:
-            self.stop_signal = self._signal_received or "SIGTERM"
+            self.stop_signal = self._stop_signals.received or "SIGTERM"
             self.callback_handler.call_event("on_stop_signal", self, signal_name=self.stop_signal)
             if not self._pending_saves:
                 warnings.warn(
@@ -1094,44 +803,15 @@ class CheckpointMixin(TrainingLoopMixin):
                 "on_training_state_saved", self, output_dir=str(output_dir)
             )
 
-    # -- signals ----------------------------------------------------------------------------------
+    # -- agreement between processes ----------------------------------------------------------
 
     def _stop_agreed(self, poll_others: bool) -> bool:
-        local = self._signal_received is not None
+        local = self._stop_signals.received is not None
         if int(getattr(self, "num_processes", 1)) == 1:
             return local
         if not poll_others:
             return False
         return self._any_process(local)
-
-    def _install_signal_handlers(self) -> None:
-        self._signal_received = None
-        self.stop_signal = None
-        if threading.current_thread() is not threading.main_thread():
-            return
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            try:
-                self._previous_handlers[signum] = signal.signal(signum, self._on_stop_signal)
-            except (ValueError, OSError):  # pragma: no cover - not settable here
-                continue
-
-    def _restore_signal_handlers(self) -> None:
-        for signum, handler in self._previous_handlers.items():
-            with contextlib.suppress(ValueError, OSError, TypeError):
-                signal.signal(signum, handler)
-        self._previous_handlers = {}
-
-    def _on_stop_signal(self, signum: int, frame: Any) -> None:
-        if self._signal_received is not None:  # a second signal: stop now
-            self._restore_signal_handlers()
-            if signum == signal.SIGINT:
-                raise KeyboardInterrupt
-            os.kill(os.getpid(), signum)
-            return
-        self._signal_received = signal.Signals(signum).name
-        self.print(f"\nReceived {self._signal_received}: stopping at the next safe point")
-
-    # -- agreement between processes ----------------------------------------------------------
 
     def _any_process(self, flag: bool) -> bool:
         if int(getattr(self, "num_processes", 1)) == 1:
@@ -1145,92 +825,3 @@ class CheckpointMixin(TrainingLoopMixin):
             return value
         tensor = torch.tensor([value], dtype=torch.int64, device=self.device)
         return int(self.broadcast_from_main(tensor).item())
-
-
-# ----------------------------------------------------------------------------------------------
-# Helpers
-# ----------------------------------------------------------------------------------------------
-
-
-def _position(
-    phase: str, epoch: int, next_step: int, num_updates: int, max_steps_reached: bool
-) -> dict[str, Any]:
-    """Where a state sits in the run: ``phase`` is ``"train"`` (before micro-batch
-    ``next_step`` of epoch ``epoch``, 0-based), ``"train_done"`` / ``"eval_done"`` (after the
-    epoch's training / evaluation), ``"epoch_start"`` (before epoch ``epoch``) or ``"ended"``
-    (after a run that stopped early)."""
-    return {
-        "phase": phase,
-        "epoch": int(epoch),
-        "next_step": int(next_step),
-        "num_updates": int(num_updates),
-        "max_steps_reached": bool(max_steps_reached),
-    }
-
-
-def _length(dataloader: Any) -> int | None:
-    return len(dataloader) if dataloader is not None and has_length(dataloader) else None
-
-
-def _generation_files(folder: Path, generation: int) -> list[str]:
-    suffix = f".{generation}.pt"
-    return [p.name for p in folder.iterdir() if p.name.endswith(suffix)]
-
-
-def _next_generation(folder: Path) -> int:
-    newest = 0
-    for path in folder.iterdir():
-        parts = path.name.split(".")
-        if len(parts) == 3 and parts[2] == "pt" and parts[1].isdigit():
-            newest = max(newest, int(parts[1]))
-    return newest + 1
-
-
-def _remove_stale_files(folder: Path, keep: set[str]) -> None:
-    """Remove older generations' files and leftovers of interrupted writes."""
-    for path in folder.iterdir():
-        stale_data = path.suffix == ".pt" and path.name not in keep
-        leftover = path.name.startswith(".") and ".tmp-" in path.name
-        if path.is_file() and (stale_data or leftover):
-            with contextlib.suppress(OSError):
-                path.unlink()
-
-
-def _remove_files(paths: list[Path]) -> None:
-    for path in paths:
-        with contextlib.suppress(OSError):
-            path.unlink()
-
-
-def _check_model_fits(model: torch.nn.Module, weights: dict[str, Any], source: str) -> None:
-    own = model.state_dict()
-    missing = sorted(set(own) - set(weights))
-    unexpected = sorted(set(weights) - set(own))
-    wrong = [
-        f"{key}: saved {tuple(weights[key].shape)}, model {tuple(own[key].shape)}"
-        for key in own
-        if key in weights
-        and isinstance(weights[key], torch.Tensor)
-        and tuple(weights[key].shape) != tuple(own[key].shape)
-    ]
-    if missing or unexpected or wrong:
-        details = []
-        if wrong:
-            details.append("shape mismatch: " + "; ".join(wrong[:5]))
-        if missing:
-            details.append(f"missing from the file: {missing[:5]}")
-        if unexpected:
-            details.append(f"not in the model: {unexpected[:5]}")
-        raise CheckpointError(
-            f"{source} does not fit this model ({'; '.join(details)}); nothing was loaded"
-        )
-
-
-def _check_optimizer_fits(optimizer: Any, state: dict[str, Any], source: str) -> None:
-    saved = [len(group["params"]) for group in state.get("param_groups", [])]
-    own = [len(group["params"]) for group in optimizer.param_groups]
-    if saved != own:
-        raise CheckpointError(
-            f"The optimizer state in {source} has parameter groups of sizes {saved}; this "
-            f"optimizer has {own}; nothing was loaded"
-        )

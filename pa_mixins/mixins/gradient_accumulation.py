@@ -8,7 +8,7 @@ import torch
 from typing_extensions import override
 
 from pa_mixins.base import BaseTrainer, BatchOutput
-from pa_mixins.data import has_length
+from pa_mixins.data import loader_length
 
 __all__ = ["GradientAccumulationMixin"]
 
@@ -46,8 +46,7 @@ class GradientAccumulationMixin(BaseTrainer):
         if steps == 1:
             return super()._is_update_step(step)
         if self._group_size == 0 and self._items_in_group is None:
-            dataloader = self._train_dataloader
-            self._epoch_num_batches = len(dataloader) if has_length(dataloader) else None  # type: ignore[arg-type]
+            self._epoch_num_batches = loader_length(self._train_dataloader)
         return (step + 1) % steps == 0 or (step + 1) == self._epoch_num_batches
 
     @override
