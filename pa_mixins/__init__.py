@@ -7,4 +7,10 @@ from pa_mixins._version import __version__
 from pa_mixins.mixins.accelerate import notebook_launcher
 from pa_mixins.trainer import MinimalTrainer, Trainer, TrainerPlaceholderValues
 
-__all__ = ["MinimalTrainer", "Trainer", "TrainerPlaceholderValues", "__version__", "notebook_launcher"]
+__all__ = [
+    "MinimalTrainer",
+    "Trainer",
+    "TrainerPlaceholderValues",
+    "__version__",
+    "notebook_launcher",
+]

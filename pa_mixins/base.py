@@ -95,7 +95,9 @@ class BaseTrainer:
         self.optimizer = optimizer
         self.callbacks = callbacks
         self.callback_handler = self._create_callback_handler()
-        self.run_history: RunHistory = run_history if run_history is not None else InMemoryRunHistory()
+        self.run_history: RunHistory = (
+            run_history if run_history is not None else InMemoryRunHistory()
+        )
         self._loss_tracker = LossTracker()
 
         # Set by train() / evaluate().
@@ -133,7 +135,9 @@ class BaseTrainer:
             if value != getattr(owner, "train_options", {}).get(name):
                 missing.append(_owner_hint(name, cls._option_owners, cls))
         if missing:
-            raise TypeError(f"{cls.__name__}.train() got unsupported option(s): {'; '.join(missing)}")
+            raise TypeError(
+                f"{cls.__name__}.train() got unsupported option(s): {'; '.join(missing)}"
+            )
 
     # -- run facts shared by training and evaluation -------------------------------------------
 
@@ -195,7 +199,9 @@ class BaseTrainer:
             seed=seed,
         )
 
-    def _add_epoch_loss_to_run_history(self, metric_name: str, tracker: LossTracker | None = None) -> None:
+    def _add_epoch_loss_to_run_history(
+        self, metric_name: str, tracker: LossTracker | None = None
+    ) -> None:
         """Record the epoch's mean loss over all processes (weighted by samples); the only
         point where the loop reads from the device."""
         tracker = tracker if tracker is not None else self._loss_tracker
@@ -306,7 +312,9 @@ class BaseTrainer:
         """At the end of an epoch, apply an update whose accumulation group is still open."""
 
     def _perform_optimizer_update(self) -> None:
-        raise NotImplementedError(f"{type(self).__name__} has no training loop: add TrainingLoopMixin")
+        raise NotImplementedError(
+            f"{type(self).__name__} has no training loop: add TrainingLoopMixin"
+        )
 
     def _loss_for_backward(self, batch_output: BatchOutput) -> torch.Tensor:
         """The tensor to back-propagate for a micro-batch: the loss, which the accumulation
@@ -351,10 +359,16 @@ class BaseTrainer:
     def create_eval_dataloader(
         self, batch_size: int, eval_dl_kwargs: dict[str, Any] | None = None
     ) -> Iterable[Any]:
-        raise NotImplementedError(f"{type(self).__name__} cannot evaluate: add EvaluationMixin to its bases")
+        raise NotImplementedError(
+            f"{type(self).__name__} cannot evaluate: add EvaluationMixin to its bases"
+        )
 
-    def _run_eval_epoch(self, valid_dl: Any, is_training: bool = True, is_intermediate: bool = False) -> None:
-        raise NotImplementedError(f"{type(self).__name__} cannot evaluate: add EvaluationMixin to its bases")
+    def _run_eval_epoch(
+        self, valid_dl: Any, is_training: bool = True, is_intermediate: bool = False
+    ) -> None:
+        raise NotImplementedError(
+            f"{type(self).__name__} cannot evaluate: add EvaluationMixin to its bases"
+        )
 
     # ------------------------------------------------------------------------------------------
     # Checkpointing support: CheckpointMixin uses these; AccelerateMixin provides them.

@@ -15,6 +15,16 @@ from pa_mixins.mixins.accelerate import reset_accelerate_state
 torch.set_num_threads(1)
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """GPU tests run only where CUDA is available (the lent GPU machine)."""
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
 @pytest.fixture(autouse=True)
 def _clean_accelerate_state(monkeypatch: pytest.MonkeyPatch):
     """Accelerate keeps process-wide state; every test starts without it."""

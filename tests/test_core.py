@@ -444,36 +444,47 @@ def test_the_loop_reads_nothing_from_the_device_per_step(monkeypatch: pytest.Mon
     assert reads_for(8) == reads_for(64)
 
 
-def test_nan_loss_stops_training_at_most_one_step_late() -> None:
-    class NaNAtStep(Trainer):
-        def calculate_train_batch_loss(self, batch: Any) -> dict[str, Any]:
-            output = super().calculate_train_batch_loss(batch)
-            if self._num_updates == 2:
-                output["loss"] = output["loss"] * float("nan")
-            return output
+class NaNAtUpdate(Trainer):
+    nan_at_update = 2
 
+    def calculate_train_batch_loss(self, batch: Any) -> dict[str, Any]:
+        output = super().calculate_train_batch_loss(batch)
+        if self._num_updates == self.nan_at_update:
+            output["loss"] = output["loss"] * float("nan")
+        return output
+
+
+def test_nan_loss_on_the_cpu_stops_training_before_its_update() -> None:
     model = make_model()
     nan_callback = TerminateOnNaNCallback()
-    trainer = NaNAtStep(model, nn.MSELoss(), _sgd(model), callbacks=[nan_callback])
+    trainer = NaNAtUpdate(model, nn.MSELoss(), _sgd(model), callbacks=[nan_callback])
     trainer.train(train_dataset=make_regression_data(40), num_epochs=2, per_device_batch_size=4)
     assert nan_callback.triggered
-    assert trainer._num_updates == 3  # the NaN step (index 2) was applied, the next one was not
+    assert trainer._num_updates == 2  # the NaN step (index 2) was not applied
+    assert all(torch.isfinite(p).all() for p in model.parameters())
     assert "train_loss_epoch" not in trainer.run_history.get_metric_names()
 
 
-def test_nan_in_the_last_step_of_an_epoch_is_caught_at_the_epoch_end() -> None:
-    class NaNAtLastStep(Trainer):
-        def calculate_train_batch_loss(self, batch: Any) -> dict[str, Any]:
-            output = super().calculate_train_batch_loss(batch)
-            if self._num_updates == 1:
-                output["loss"] = output["loss"] + float("inf")
-            return output
+@pytest.mark.gpu
+def test_nan_loss_on_a_gpu_stops_training_at_most_one_step_late() -> None:
+    model = make_model()
+    nan_callback = TerminateOnNaNCallback()
+    trainer = NaNAtUpdate(model, nn.MSELoss(), _sgd(model), callbacks=[nan_callback])
+    trainer.train(train_dataset=make_regression_data(40), num_epochs=2, per_device_batch_size=4)
+    assert trainer.device.type == "cuda" and nan_callback.triggered
+    assert trainer._num_updates == 3  # the NaN step (index 2) was applied, the next one was not
+
+
+def test_nan_in_the_last_step_of_an_epoch_stops_before_the_next_epoch() -> None:
+    class InfAtLastStep(NaNAtUpdate):
+        nan_at_update = 1
 
     model = make_model()
     nan_callback = TerminateOnNaNCallback()
-    trainer = NaNAtLastStep(model, nn.MSELoss(), _sgd(model), callbacks=[nan_callback])
+    trainer = InfAtLastStep(model, nn.MSELoss(), _sgd(model), callbacks=[nan_callback])
     trainer.train(train_dataset=make_regression_data(8), num_epochs=3, per_device_batch_size=4)
-    assert nan_callback.triggered and trainer._num_updates == 2
+    assert nan_callback.triggered and trainer._num_updates == 1
+    assert trainer.run_history.current_epoch == 1
 
 
 def test_stop_training_error_from_evaluate_is_caught() -> None:

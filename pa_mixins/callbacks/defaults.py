@@ -3,6 +3,7 @@ messages, progress bars and metric logging."""
 
 from __future__ import annotations
 
+import math
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -126,11 +127,12 @@ class PrintProgressCallback(TrainerCallback):
 class TerminateOnNaNCallback(TrainerCallback):
     """Stop the run when a batch loss is NaN or infinite.
 
-    To keep the loop free of per-step device-to-host synchronisation, the check of a step's
-    loss is made at the next step (and at the end of the epoch): training stops **at most one
-    step late**, so at most one update has used a non-finite loss. The trainer catches the
-    :class:`StopTrainingError` and ends the run normally; :attr:`triggered` stays ``True`` so a
-    script can tell (the process is not exited).
+    On the CPU a step's loss is checked at once (reading it costs nothing). On a GPU, reading
+    it would make the host wait for the device every step, so the check is queued (a
+    non-blocking copy to pinned memory) and read at the next step or at the end of the epoch:
+    training stops **at most one step late** there, so at most one update has used a
+    non-finite loss. The trainer catches the :class:`StopTrainingError` and ends the run
+    normally; :attr:`triggered` stays ``True`` so a script can tell (the process is not exited).
 
     On several processes the loss is checked on each process; the trainer makes every
     process stop at the same point (before the update of the step where the check failed),
@@ -140,25 +142,36 @@ class TerminateOnNaNCallback(TrainerCallback):
 
     def __init__(self) -> None:
         self.triggered = False
-        self._pending: torch.Tensor | None = None
-        self._pending_where = ""
+        self._pending: _PendingCheck | None = None
+        self._where = ""
+
+    def _stop(self, where: str) -> None:
+        self.triggered = True
+        error = StopTrainingError(
+            f"Stopping training: a non-finite loss was found in a {where} step"
+        )
+        error.non_finite_loss = True  # type: ignore[attr-defined]
+        raise error
 
     def _check_pending(self) -> None:
         pending, self._pending = self._pending, None
-        if pending is not None and not bool(pending):
-            self.triggered = True
-            error = StopTrainingError(
-                f"Stopping training: a non-finite loss was found in a {self._pending_where} step"
-            )
-            error.non_finite_loss = True  # type: ignore[attr-defined]
-            raise error
+        if pending is not None and not pending.is_finite():
+            self._stop(self._where)
 
     def _record(self, batch_output: dict[str, Any], where: str) -> None:
         self._check_pending()
         loss = batch_output["loss"]
-        if isinstance(loss, torch.Tensor):
-            self._pending = torch.isfinite(loss.detach()).all()
-            self._pending_where = where
+        if not isinstance(loss, torch.Tensor):
+            if not math.isfinite(loss):
+                self._stop(where)
+            return
+        loss = loss.detach()
+        if loss.device.type == "cpu":
+            if not bool(torch.isfinite(loss).all()):
+                self._stop(where)
+            return
+        self._pending = _PendingCheck(torch.isfinite(loss).all())
+        self._where = where
 
     def on_training_run_start(self, trainer: BaseTrainer, **kwargs: Any) -> None:
         self.triggered = False
@@ -188,6 +201,30 @@ class TerminateOnNaNCallback(TrainerCallback):
         self._pending = None
         if getattr(kwargs.get("error"), "non_finite_loss", False):
             self.triggered = True  # another process found the non-finite loss
+
+
+class _PendingCheck:
+    """A device-side "is finite" flag, read later without stalling the device's queue.
+
+    On CUDA the flag is copied without blocking into pinned host memory, and an event marks
+    the copy; reading waits for that event only (work queued after it keeps running). Other
+    devices read the flag directly.
+    """
+
+    def __init__(self, flag: torch.Tensor) -> None:
+        self._event: Any = None
+        if flag.device.type == "cuda":
+            host = torch.empty((), dtype=torch.bool, pin_memory=True)
+            host.copy_(flag, non_blocking=True)
+            self._event = torch.cuda.Event()
+            self._event.record()
+            flag = host
+        self._flag = flag
+
+    def is_finite(self) -> bool:
+        if self._event is not None:
+            self._event.synchronize()
+        return bool(self._flag)
 
 
 class MoveModulesToDeviceCallback(TrainerCallback):

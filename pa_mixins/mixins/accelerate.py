@@ -148,7 +148,7 @@ class AccelerateMixin(BaseTrainer):
 
     # Typed Any: mypy requires the same type in every base that assigns it, and other mixins'
     # one-option tuples infer ``tuple[str]``.
-    init_options: ClassVar[Any] = ("accelerator_kwargs", "process_group_timeout")
+    init_options: ClassVar[tuple[str, ...]] = ("accelerator_kwargs", "process_group_timeout")
 
     def __init__(
         self,
@@ -198,7 +198,9 @@ class AccelerateMixin(BaseTrainer):
         kwargs = self.get_accelerator_kwargs()
         state = AcceleratorState._shared_state
         if state:
-            wanted = kwargs.get("mixed_precision") or os.environ.get("ACCELERATE_MIXED_PRECISION", "no")
+            wanted = kwargs.get("mixed_precision") or os.environ.get(
+                "ACCELERATE_MIXED_PRECISION", "no"
+            )
             if state.get("_mixed_precision", "no") != str(wanted):
                 reset_accelerate_state()
         accelerator = Accelerator(**kwargs)

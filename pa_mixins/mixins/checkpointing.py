@@ -159,7 +159,7 @@ class CheckpointMixin(TrainingLoopMixin):
             pass
     """
 
-    train_options = {"resume_from": None}
+    train_options: ClassVar[dict[str, Any]] = {"resume_from": None}
     #: on several processes, the processes agree on a stop signal every this many updates
     stop_signal_check_interval: ClassVar[int] = 10
 
@@ -681,10 +681,6 @@ class CheckpointMixin(TrainingLoopMixin):
         the epoch, and the safe point after its training part."""
         self._apply_resumed_callback_states()
         self._safe_point(self._position_now("epoch_start"))
-        if hasattr(train_dl, "set_epoch"):
-            # Accelerate's loaders reset their sampler to their own iteration count when
-            # iterated; keep it equal to the run's epoch (a resumed run starts mid-way).
-            train_dl.set_epoch(self._run_epoch)
         resume = self._resume
         if resume is not None and resume.phase in ("train_done", "eval_done"):
             if resume.phase == "train_done":

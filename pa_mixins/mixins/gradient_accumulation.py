@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from typing_extensions import override
@@ -28,7 +28,7 @@ class GradientAccumulationMixin(BaseTrainer):
       processes.
     """
 
-    train_options = {"gradient_accumulation_steps": 1}
+    train_options: ClassVar[dict[str, Any]] = {"gradient_accumulation_steps": 1}
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         self._group_size = 0

@@ -50,7 +50,6 @@ device and read once when the epoch's mean is recorded.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from contextlib import nullcontext
 from typing import Any
 
 import torch
@@ -58,8 +57,8 @@ import torch
 from pa_mixins.base import BaseTrainer, BatchOutput
 from pa_mixins.callbacks.core import StopTrainingError
 from pa_mixins.data import (
-    EpochShuffleSampler,
     default_dataloader_kwargs,
+    find_shuffle_sampler,
     has_length,
     make_dataloader,
 )
@@ -292,19 +291,16 @@ class TrainingLoopMixin(BaseTrainer):
         self.callback_handler.call_event("on_training_run_end", self)
 
     def _set_sampler_epoch(self, dataloader: Any) -> None:
-        """Tell the loader's sampler which epoch starts (seeded shuffling)."""
-        sampler = getattr(dataloader, "sampler", None)
-        batch_sampler = getattr(dataloader, "batch_sampler", None)
-        for candidate in (
-            sampler,
-            getattr(batch_sampler, "sampler", None),
-            getattr(getattr(batch_sampler, "batch_sampler", None), "sampler", None),
-        ):
-            if isinstance(candidate, EpochShuffleSampler):
-                candidate.set_epoch(self._run_epoch)
-                return
+        """Tell the loader which epoch starts, so its shuffled order is that epoch's.
+
+        Accelerate's loaders also keep their own epoch count, which they hand to the sampler
+        when iterated: it is set too (a resumed run starts at a later epoch).
+        """
         if hasattr(dataloader, "set_epoch"):
             dataloader.set_epoch(self._run_epoch)
+        sampler, _ = find_shuffle_sampler(dataloader)
+        if sampler is not None:
+            sampler.set_epoch(self._run_epoch)
 
     def _run_train_epoch(self, train_dl: Any) -> None:
         """One pass over the training data."""
@@ -318,10 +314,11 @@ class TrainingLoopMixin(BaseTrainer):
         first_step, self._first_step_of_epoch = self._first_step_of_epoch, 0
         for step, batch in enumerate(train_dl, start=first_step):
             self._call_loop_event("on_train_step_start")
-            is_update = self._is_update_step(step)
-            with nullcontext() if is_update else self.no_gradient_sync():
+            if not self._is_update_step(step):
+                with self.no_gradient_sync():
+                    self._perform_forward_and_backward_passes(batch, step)
+            else:
                 self._perform_forward_and_backward_passes(batch, step)
-            if is_update:
                 self._agree_on_stop()
                 self._perform_optimizer_update()
                 if max_updates is not None and self._num_updates >= max_updates:

@@ -3,7 +3,7 @@ hardware cannot do what was asked."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 from typing_extensions import override
 
@@ -26,7 +26,7 @@ class MixedPrecisionMixin(BaseTrainer):
     settings can be used one after the other in one process.
     """
 
-    init_options = ("mixed_precision",)
+    init_options: ClassVar[tuple[str, ...]] = ("mixed_precision",)
 
     def __init__(self, *args: Any, mixed_precision: str | None = None, **kwargs: Any) -> None:
         if mixed_precision is not None and mixed_precision not in MIXED_PRECISION_MODES:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 from typing_extensions import override
 
@@ -22,7 +22,7 @@ class SchedulerMixin(BaseTrainer):
     update that was skipped because its gradients overflowed.
     """
 
-    train_options = {"create_scheduler_fn": None}
+    train_options: ClassVar[dict[str, Any]] = {"create_scheduler_fn": None}
 
     @override
     def _setup_scheduler(self) -> None:
