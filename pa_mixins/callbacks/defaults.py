@@ -167,7 +167,8 @@ class TerminateOnNaNCallback(TrainerCallback):
             return
         loss = loss.detach()
         if loss.device.type == "cpu":
-            if not bool(torch.isfinite(loss).all()):
+            finite = math.isfinite(loss.item()) if loss.numel() == 1 else torch.isfinite(loss).all()
+            if not finite:
                 self._stop(where)
             return
         self._pending = _PendingCheck(torch.isfinite(loss).all())

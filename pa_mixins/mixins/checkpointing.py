@@ -680,7 +680,7 @@ class CheckpointMixin(TrainingLoopMixin):
         """Extends a training epoch: the epoch-boundary safe point, resuming inside or after
         the epoch, and the safe point after its training part."""
         self._apply_resumed_callback_states()
-        self._safe_point(self._position_now("epoch_start"))
+        self._safe_point("epoch_start")
         resume = self._resume
         if resume is not None and resume.phase in ("train_done", "eval_done"):
             if resume.phase == "train_done":
@@ -694,7 +694,7 @@ class CheckpointMixin(TrainingLoopMixin):
             train_dl = self._resumed_epoch_loader(train_dl)
         self._ckpt_next_step = self._first_step_of_epoch
         super()._run_train_epoch(train_dl)
-        self._safe_point(self._position_now("train_done"))
+        self._safe_point("train_done")
 
     @override
     def _run_eval_epoch(
@@ -718,7 +718,7 @@ class CheckpointMixin(TrainingLoopMixin):
         finally:
             self._ckpt_eval_depth -= 1
         if top_level:
-            self._safe_point(self._position_now("eval_done"))
+            self._safe_point("eval_done")
 
     @override
     def _is_update_step(self, step: int) -> bool:
@@ -733,7 +733,7 @@ class CheckpointMixin(TrainingLoopMixin):
         batch_output = super()._perform_forward_and_backward_passes(batch, step)
         self._ckpt_next_step = step + 1
         if not self._ckpt_step_is_update:
-            self._safe_point(self._position_now("train"), poll_others=False)
+            self._safe_point("train", poll_others=False)
         return batch_output
 
     @override
@@ -741,7 +741,7 @@ class CheckpointMixin(TrainingLoopMixin):
         """Extends an update: a safe point once every callback has seen it."""
         super()._perform_optimizer_update()
         poll = self._num_updates % max(self.stop_signal_check_interval, 1) == 0
-        self._safe_point(self._position_now("train"), poll_others=poll)
+        self._safe_point("train", poll_others=poll)
 
     @override
     def training_run_end(self) -> None:
@@ -769,11 +769,15 @@ class CheckpointMixin(TrainingLoopMixin):
         phase = "ended" if stopped else "epoch_start"
         return state_position(phase, self._run_epoch, 0, self._num_updates, self._max_steps_reached)
 
-    def _safe_point(self, position: dict[str, Any], poll_others: bool = True) -> None:
+    def _safe_point(self, phase: str, poll_others: bool = True) -> None:
         """Write the saves requested since the last safe point; stop here on a signal. Costs
-        one Python check per call unless something is pending (on several processes, a tiny
-        collective every ``stop_signal_check_interval`` updates)."""
+        two Python checks per call unless something is pending (on several processes, a tiny
+        collective every ``stop_signal_check_interval`` updates). ``phase`` says where the loop
+        is (see :meth:`_position_now`)."""
         stop = self._stop_agreed(poll_others)
+        if not stop and not self._pending_saves:
+            return
+        position = self._position_now(phase)
         if stop:
             self.stop_signal = self._stop_signals.received or "SIGTERM"
             self.callback_handler.call_event("on_stop_signal", self, signal_name=self.stop_signal)
@@ -803,7 +807,8 @@ class CheckpointMixin(TrainingLoopMixin):
 
     def _stop_agreed(self, poll_others: bool) -> bool:
         local = self._stop_signals.received is not None
-        if int(getattr(self, "num_processes", 1)) == 1:
+        config = self.run_config
+        if (config.num_processes if config is not None else getattr(self, "num_processes", 1)) == 1:
             return local
         if not poll_others:
             return False
