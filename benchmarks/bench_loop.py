@@ -40,6 +40,7 @@ Target: ``trainer_default`` median epoch time <= 1.10 x ``plain`` (exit status 1
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import platform
@@ -180,7 +181,13 @@ def _run_pa_mixins(dataset, model, loss_func, optimizer, batch_size, callbacks, 
     trainer.bench_epoch_cpu = []
     trainer.train(train_dataset=dataset, num_epochs=1, per_device_batch_size=batch_size)
     end = time.perf_counter()
-    return trainer.bench_epoch_times[0], trainer.bench_epoch_cpu[0], end - t_total, trainer.bench_steps, trainer.model
+    return (
+        trainer.bench_epoch_times[0],
+        trainer.bench_epoch_cpu[0],
+        end - t_total,
+        trainer.bench_steps,
+        trainer.model,
+    )
 
 
 def _run_pytorch_accelerated(dataset, model, loss_func, optimizer, batch_size, stamps):
@@ -197,16 +204,26 @@ def _run_pytorch_accelerated(dataset, model, loss_func, optimizer, batch_size, s
     trainer.bench_epoch_cpu = []
     trainer.train(train_dataset=dataset, num_epochs=1, per_device_batch_size=batch_size)
     end = time.perf_counter()
-    return trainer.bench_epoch_times[0], trainer.bench_epoch_cpu[0], end - t_total, trainer.bench_steps, trainer.get_model()
+    return (
+        trainer.bench_epoch_times[0],
+        trainer.bench_epoch_cpu[0],
+        end - t_total,
+        trainer.bench_steps,
+        trainer.get_model(),
+    )
 
 
 def worker(variant: str, num_samples: int, batch_size: int) -> dict:
     dataset, model, loss_func, optimizer = _make_workload(num_samples)
     stamps: list[float] = []
     if variant == "plain":
-        epoch_s, cpu_s, total_s, steps, trained = _run_plain(dataset, model, loss_func, optimizer, batch_size, stamps)
+        epoch_s, cpu_s, total_s, steps, trained = _run_plain(
+            dataset, model, loss_func, optimizer, batch_size, stamps
+        )
     elif variant == "accelerate":
-        epoch_s, cpu_s, total_s, steps, trained = _run_accelerate(dataset, model, loss_func, optimizer, batch_size, stamps)
+        epoch_s, cpu_s, total_s, steps, trained = _run_accelerate(
+            dataset, model, loss_func, optimizer, batch_size, stamps
+        )
     elif variant.startswith("trainer_"):
         from pa_mixins.callbacks import DEFAULT_CALLBACKS, get_default_callbacks
 
@@ -224,7 +241,7 @@ def worker(variant: str, num_samples: int, batch_size: int) -> dict:
         )
     else:
         raise ValueError(f"unknown variant {variant!r}")
-    durations = sorted(b - a for a, b in zip(stamps, stamps[1:]))
+    durations = sorted(b - a for a, b in itertools.pairwise(stamps))
     return {
         "variant": variant,
         "median_step_us": statistics.median(durations) * 1e6,
@@ -265,8 +282,10 @@ def _run_variant(variant: str, args: argparse.Namespace) -> dict:
         )
     for line in reversed(proc.stdout.splitlines()):
         if line.startswith(MARKER):
-            return json.loads(line[len(MARKER):])
-    raise RuntimeError(f"variant {variant} printed no result:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+            return json.loads(line[len(MARKER) :])
+    raise RuntimeError(
+        f"variant {variant} printed no result:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    )
 
 
 def _probe(python: str, code: str) -> str | None:
@@ -433,18 +452,28 @@ def _write_markdown(path: Path, data: dict) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--repeats", type=int, default=5, help="repetitions of every variant (default 5)")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--repeats", type=int, default=5, help="repetitions of every variant (default 5)"
+    )
     parser.add_argument("--samples", type=int, default=50_000)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated subset")
-    parser.add_argument("--pa-python", default=DEFAULT_PA_PYTHON,
-                        help="interpreter with pytorch-accelerated installed (pa_default variant)")
+    parser.add_argument(
+        "--pa-python",
+        default=DEFAULT_PA_PYTHON,
+        help="interpreter with pytorch-accelerated installed (pa_default variant)",
+    )
     parser.add_argument("--no-pa", action="store_true", help="skip the pytorch-accelerated variant")
     parser.add_argument("--results-dir", default=str(RESULTS_DIR))
     parser.add_argument("--timeout", type=float, default=900, help="seconds per run")
-    parser.add_argument("--check", action="store_true",
-                        help=f"exit 1 when trainer_default is above {TARGET_RATIO}x plain")
+    parser.add_argument(
+        "--check",
+        action="store_true",
+        help=f"exit 1 when trainer_default is above {TARGET_RATIO}x plain",
+    )
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
 
@@ -462,11 +491,16 @@ def main(argv: list[str] | None = None) -> int:
     skipped = None
     pa_versions = None
     if "pa_default" in variants:
-        pa_versions = None if args.no_pa else _versions(args.pa_python, ["torch", "accelerate", "pytorch_accelerated"])
+        pa_versions = (
+            None
+            if args.no_pa
+            else _versions(args.pa_python, ["torch", "accelerate", "pytorch_accelerated"])
+        )
         if pa_versions is None:
             variants.remove("pa_default")
             skipped = (
-                "pa_default (--no-pa)" if args.no_pa
+                "pa_default (--no-pa)"
+                if args.no_pa
                 else f"pa_default ({args.pa_python} cannot import pytorch_accelerated)"
             )
             print(f"skipping {skipped}", file=sys.stderr)

@@ -24,7 +24,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_loop import _make_workload  # noqa: E402
+from bench_loop import _make_workload
 
 
 def _profile_plain(samples: int, batch_size: int):
@@ -79,7 +79,7 @@ def _profile_trainer(samples: int, batch_size: int, callbacks_name: str):
 def _rows(prof: cProfile.Profile, steps: int) -> dict[tuple, tuple]:
     stats = pstats.Stats(prof)
     out = {}
-    for (filename, line, name), (cc, nc, tt, ct, _callers) in stats.stats.items():  # type: ignore[attr-defined]
+    for (filename, line, name), (_cc, nc, tt, ct, _callers) in stats.stats.items():  # type: ignore[attr-defined]
         out[(filename, line, name)] = (nc / steps, tt / steps * 1e6, ct / steps * 1e6)
     return out
 
@@ -104,25 +104,33 @@ def main() -> None:
     tr_prof, tr_steps, tr_wall = _profile_trainer(args.samples, args.batch_size, args.callbacks)
     plain = _rows(plain_prof, plain_steps)
     trainer = _rows(tr_prof, tr_steps)
-    print(f"profiled wall per step: plain {plain_wall / plain_steps * 1e6:.1f} us, "
-          f"trainer ({args.callbacks}) {tr_wall / tr_steps * 1e6:.1f} us")
+    print(
+        f"profiled wall per step: plain {plain_wall / plain_steps * 1e6:.1f} us, "
+        f"trainer ({args.callbacks}) {tr_wall / tr_steps * 1e6:.1f} us"
+    )
     tot_plain = sum(r[1] for r in plain.values())
     tot_tr = sum(r[1] for r in trainer.values())
-    print(f"sum of tottime per step: plain {tot_plain:.1f} us, trainer {tot_tr:.1f} us, "
-          f"difference {tot_tr - tot_plain:+.1f} us\n")
+    print(
+        f"sum of tottime per step: plain {tot_plain:.1f} us, trainer {tot_tr:.1f} us, "
+        f"difference {tot_tr - tot_plain:+.1f} us\n"
+    )
 
     print("Functions by extra self time per step (trainer minus plain), us/step:")
-    print(f"{'calls/step':>10} {'self us':>8} {'plain us':>8} {'extra us':>8} {'cum us':>8}  function")
+    print(
+        f"{'calls/step':>10} {'self us':>8} {'plain us':>8} {'extra us':>8} {'cum us':>8}  function"
+    )
     diffs = []
     for key, (nc, tt, ct) in trainer.items():
         p = plain.get(key, (0.0, 0.0, 0.0))
         diffs.append((tt - p[1], key, nc, tt, p[1], ct))
-    for key, (nc, tt, ct) in plain.items():
+    for key, (_nc, _tt, _ct) in plain.items():
         if key not in trainer:
             diffs.append((-tt, key, 0.0, 0.0, tt, 0.0))
     diffs.sort(key=lambda d: -abs(d[0]))
     for extra, (filename, line, name), nc, tt, ptt, ct in diffs[: args.top]:
-        print(f"{nc:10.2f} {tt:8.2f} {ptt:8.2f} {extra:+8.2f} {ct:8.2f}  {_short(filename)}:{line}({name})")
+        print(
+            f"{nc:10.2f} {tt:8.2f} {ptt:8.2f} {extra:+8.2f} {ct:8.2f}  {_short(filename)}:{line}({name})"
+        )
 
     print("\npa_mixins / accelerate / tqdm functions in the trainer epoch, by cumulative us/step:")
     print(f"{'calls/step':>10} {'self us':>8} {'cum us':>8}  function")

@@ -19,7 +19,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_loop import _make_workload  # noqa: E402
+from bench_loop import _make_workload
 
 
 def best_us(stmt, number: int = 20_000, repeat: int = 7) -> float:
@@ -41,7 +41,9 @@ def main() -> None:
     batch_output = {"loss": loss, "model_outputs": None, "batch_size": 32}
 
     trainer = Trainer(model, loss_func, optimizer, callbacks=DEFAULT_CALLBACKS)
-    trainer.train(train_dataset=torch.utils.data.TensorDataset(xb, yb), num_epochs=1, per_device_batch_size=32)
+    trainer.train(
+        train_dataset=torch.utils.data.TensorDataset(xb, yb), num_epochs=1, per_device_batch_size=32
+    )
     model = trainer.model
 
     rows: list[tuple[str, float]] = []
@@ -50,46 +52,70 @@ def main() -> None:
         rows.append((name, best_us(stmt, **kw)))
 
     # reference: the hand-written step's own pieces
-    add("reference: forward+loss+backward+SGD step+zero_grad (plain step)",
+    add(
+        "reference: forward+loss+backward+SGD step+zero_grad (plain step)",
         lambda: (optimizer.zero_grad(), loss_func(model(xb), yb).backward(), optimizer.step()),
-        number=500)
+        number=500,
+    )
 
     tracker = LossTracker()
     add("LossTracker.update(loss, 32)", lambda: tracker.update(loss, 32))
     total = torch.zeros((), dtype=torch.float32)
-    add("  alternative: total.add_(loss.detach(), alpha=32) + int count",
-        lambda: total.add_(loss.detach(), alpha=32))
+    add(
+        "  alternative: total.add_(loss.detach(), alpha=32) + int count",
+        lambda: total.add_(loss.detach(), alpha=32),
+    )
 
     nan_cb = TerminateOnNaNCallback()
-    add("TerminateOnNaNCallback.on_train_step_end (isfinite + all + bool)",
-        lambda: nan_cb.on_train_step_end(trainer, batch_output=batch_output))
+    add(
+        "TerminateOnNaNCallback.on_train_step_end (isfinite + all + bool)",
+        lambda: nan_cb.on_train_step_end(trainer, batch_output=batch_output),
+    )
     import math
+
     add("  alternative on CPU: math.isfinite(loss.item())", lambda: math.isfinite(loss.item()))
 
     pbar_cb = ProgressBarCallback()
     from tqdm.auto import tqdm
 
     pbar_cb.pbar = tqdm(total=10**9, disable=False, leave=False, file=open("/dev/null", "w"))
-    add("ProgressBarCallback.on_train_step_end (tqdm.update)",
-        lambda: pbar_cb.on_train_step_end(trainer, batch_output=batch_output))
+    add(
+        "ProgressBarCallback.on_train_step_end (tqdm.update)",
+        lambda: pbar_cb.on_train_step_end(trainer, batch_output=batch_output),
+    )
     pbar_cb.pbar.close()
 
     handler_default = CallbackHandler(get_default_callbacks(progress_bar=False))
-    add("call_event('on_train_step_start') over default callbacks (all no-ops)",
-        lambda: handler_default.call_event("on_train_step_start", trainer))
-    add("call_event('on_optimizer_step_end', num_updates=1) (all no-ops)",
-        lambda: handler_default.call_event("on_optimizer_step_end", trainer, num_updates=1))
+    add(
+        "call_event('on_train_step_start') over default callbacks (all no-ops)",
+        lambda: handler_default.call_event("on_train_step_start", trainer),
+    )
+    add(
+        "call_event('on_optimizer_step_end', num_updates=1) (all no-ops)",
+        lambda: handler_default.call_event("on_optimizer_step_end", trainer, num_updates=1),
+    )
     handler_nan_only = CallbackHandler([TerminateOnNaNCallback])
     nan_method = handler_nan_only.callbacks[0].on_train_step_end
-    add("call_event('on_train_step_end', ...) dispatch cost, default callbacks minus the work",
-        lambda: handler_default.call_event("on_train_step_end", trainer, batch_output=batch_output,
-                                           batch=None, step=0))
-    rows[-1] = (rows[-1][0], rows[-1][1] - best_us(lambda: nan_method(trainer, batch_output=batch_output)))
+    add(
+        "call_event('on_train_step_end', ...) dispatch cost, default callbacks minus the work",
+        lambda: handler_default.call_event(
+            "on_train_step_end", trainer, batch_output=batch_output, batch=None, step=0
+        ),
+    )
+    rows[-1] = (
+        rows[-1][0],
+        rows[-1][1] - best_us(lambda: nan_method(trainer, batch_output=batch_output)),
+    )
     empty = CallbackHandler(())
-    add("call_event(...) with callbacks=()", lambda: empty.call_event("on_train_step_start", trainer))
+    add(
+        "call_event(...) with callbacks=()",
+        lambda: empty.call_event("on_train_step_start", trainer),
+    )
 
-    add("grads = [p.grad for p in model.parameters() if p.grad is not None] (accumulation mixin)",
-        lambda: [p.grad for p in model.parameters() if p.grad is not None])
+    add(
+        "grads = [p.grad for p in model.parameters() if p.grad is not None] (accumulation mixin)",
+        lambda: [p.grad for p in model.parameters() if p.grad is not None],
+    )
 
     def with_nullcontext():
         with nullcontext():
