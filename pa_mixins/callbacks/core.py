@@ -155,6 +155,20 @@ class CallbackHandler:
         for callback in self._handlers_of(event):
             getattr(callback, event)(*args, **kwargs)
 
+    def call_event_holding_stop(
+        self, event: str, *args: Any, **kwargs: Any
+    ) -> StopTrainingError | None:
+        """Like :meth:`call_event`, but a :class:`StopTrainingError` does not interrupt the
+        event: every callback still receives it, and the first such error is returned (used
+        on several processes, where the stop is raised once all processes agree)."""
+        first: StopTrainingError | None = None
+        for callback in self._handlers_of(event):
+            try:
+                getattr(callback, event)(*args, **kwargs)
+            except StopTrainingError as error:
+                first = first or error
+        return first
+
 
 def _handles(callback: Any, event: str) -> bool:
     """Whether ``callback`` does something on ``event``: a ``TrainerCallback`` that neither

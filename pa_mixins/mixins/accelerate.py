@@ -44,7 +44,7 @@ from torch import nn
 from typing_extensions import override
 
 from pa_mixins.base import BaseTrainer
-from pa_mixins.callbacks.core import CallbackMethodNotImplementedError, StopTrainingError
+from pa_mixins.callbacks.core import StopTrainingError
 from pa_mixins.utils import remove_padding
 
 __all__ = ["AccelerateMixin", "notebook_launcher"]
@@ -147,8 +147,6 @@ class AccelerateMixin(BaseTrainer):
     on first use of :attr:`device`, :meth:`print` or a process role before that).
     """
 
-    # Typed Any: mypy requires the same type in every base that assigns it, and other mixins'
-    # one-option tuples infer ``tuple[str]``.
     init_options: ClassVar[tuple[str, ...]] = ("accelerator_kwargs", "process_group_timeout")
 
     def __init__(
@@ -418,16 +416,9 @@ class AccelerateMixin(BaseTrainer):
         if not self._defer_stops:
             self.callback_handler.call_event(event, self, **kwargs)
             return
-        for callback in self.callback_handler:
-            try:
-                method = getattr(callback, event)
-            except CallbackMethodNotImplementedError:
-                continue
-            try:
-                method(self, **kwargs)
-            except StopTrainingError as error:
-                if self._deferred_stop is None:
-                    self._deferred_stop = error
+        error = self.callback_handler.call_event_holding_stop(event, self, **kwargs)
+        if self._deferred_stop is None:
+            self._deferred_stop = error
 
     @override
     def _agree_on_stop(self) -> None:
