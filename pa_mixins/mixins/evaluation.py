@@ -19,21 +19,11 @@ from typing_extensions import override
 
 from pa_mixins.base import BaseTrainer, BatchOutput
 from pa_mixins.callbacks.core import StopTrainingError
+from pa_mixins.checks import check_batch_output, require_positive_int
 from pa_mixins.data import default_dataloader_kwargs, make_dataloader
 from pa_mixins.tracking import LossTracker
 
 __all__ = ["EvaluationMixin"]
-
-
-def _check_batch_size(per_device_batch_size: Any) -> None:
-    if (
-        isinstance(per_device_batch_size, bool)
-        or not isinstance(per_device_batch_size, int)
-        or per_device_batch_size < 1
-    ):
-        raise ValueError(
-            f"per_device_batch_size must be a positive integer, got {per_device_batch_size!r}"
-        )
 
 
 def _concatenate(outputs: Sequence[Any]) -> Any:
@@ -97,7 +87,7 @@ class EvaluationMixin(BaseTrainer):
             dataset = self.eval_dataset
         if dataset is None:
             raise ValueError("evaluate() needs a dataset")
-        _check_batch_size(per_device_batch_size)
+        require_positive_int("per_device_batch_size", per_device_batch_size)
         self.eval_dataset = dataset
         self.collate_fn = collate_fn
         self.run_history.reset()
@@ -145,7 +135,7 @@ class EvaluationMixin(BaseTrainer):
             ``batch_sampler`` and ``shuffle=True`` are refused (the order is the dataset's).
         :param collate_fn: the loader's ``collate_fn``.
         """
-        _check_batch_size(per_device_batch_size)
+        require_positive_int("per_device_batch_size", per_device_batch_size)
         if isinstance(dataset, IterableDataset) or not hasattr(dataset, "__len__"):
             raise TypeError("predict() needs a dataset with a length (a map-style dataset)")
         if len(dataset) == 0:
@@ -254,20 +244,7 @@ class EvaluationMixin(BaseTrainer):
             for batch in valid_dl:
                 self._call_loop_event("on_eval_step_start")
                 batch_output = self.calculate_eval_batch_loss(batch)
-                if (
-                    not isinstance(batch_output, dict)
-                    or "loss" not in batch_output
-                    or "batch_size" not in batch_output
-                ):
-                    found = (
-                        sorted(batch_output)
-                        if isinstance(batch_output, dict)
-                        else type(batch_output).__name__
-                    )
-                    raise ValueError(
-                        "calculate_eval_batch_loss must return a dict with the keys 'loss', "
-                        f"'model_outputs' and 'batch_size'; got {found}"
-                    )
+                check_batch_output(batch_output, "calculate_eval_batch_loss")
                 tracker.update(batch_output["loss"], batch_output["batch_size"])
                 self._call_loop_event("on_eval_step_end", batch_output=batch_output, batch=batch)
         self._agree_on_stop()

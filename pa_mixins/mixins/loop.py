@@ -56,6 +56,7 @@ import torch
 
 from pa_mixins.base import BaseTrainer, BatchOutput
 from pa_mixins.callbacks.core import StopTrainingError
+from pa_mixins.checks import check_batch_output, require_positive_int, require_positive_number
 from pa_mixins.data import (
     default_dataloader_kwargs,
     find_shuffle_sampler,
@@ -65,20 +66,6 @@ from pa_mixins.data import (
 from pa_mixins.seeding import draw_seed, seed_everything, use_deterministic_algorithms
 
 __all__ = ["TrainingLoopMixin"]
-
-
-def _require_positive_int(name: str, value: Any, allow_none: bool = False) -> None:
-    if value is None and allow_none:
-        return
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
-
-
-def _require_positive_number(name: str, value: Any) -> None:
-    if value is None:
-        return
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
-        raise ValueError(f"{name} must be a positive number, got {value!r}")
 
 
 class TrainingLoopMixin(BaseTrainer):
@@ -154,12 +141,12 @@ class TrainingLoopMixin(BaseTrainer):
                 "resume_from": resume_from,
             }
         )
-        _require_positive_int("num_epochs", num_epochs)
-        _require_positive_int("per_device_batch_size", per_device_batch_size)
-        _require_positive_int("max_num_train_steps", max_num_train_steps, allow_none=True)
-        _require_positive_int("gradient_accumulation_steps", gradient_accumulation_steps)
-        _require_positive_number("gradient_clip_value", gradient_clip_value)
-        _require_positive_number("gradient_clip_norm", gradient_clip_norm)
+        require_positive_int("num_epochs", num_epochs)
+        require_positive_int("per_device_batch_size", per_device_batch_size)
+        require_positive_int("max_num_train_steps", max_num_train_steps, allow_none=True)
+        require_positive_int("gradient_accumulation_steps", gradient_accumulation_steps)
+        require_positive_number("gradient_clip_value", gradient_clip_value)
+        require_positive_number("gradient_clip_norm", gradient_clip_norm)
         if self.optimizer is None:
             raise ValueError(
                 "train() needs an optimizer: this trainer was created with optimizer=None, "
@@ -336,30 +323,13 @@ class TrainingLoopMixin(BaseTrainer):
 
     def _perform_forward_and_backward_passes(self, batch: Any, step: int) -> BatchOutput:
         batch_output = self.calculate_train_batch_loss(batch)
-        self._check_batch_output(batch_output, "calculate_train_batch_loss")
+        check_batch_output(batch_output, "calculate_train_batch_loss")
         self._update_loss_tracker(batch_output["loss"], batch_output["batch_size"])
         self._call_loop_event(
             "on_train_step_end", batch_output=batch_output, batch=batch, step=step
         )
         self.backward_step(self._loss_for_backward(batch_output))
         return batch_output
-
-    @staticmethod
-    def _check_batch_output(batch_output: Any, hook: str) -> None:
-        if (
-            not isinstance(batch_output, dict)
-            or "loss" not in batch_output
-            or "batch_size" not in batch_output
-        ):
-            found = (
-                sorted(batch_output)
-                if isinstance(batch_output, dict)
-                else type(batch_output).__name__
-            )
-            raise ValueError(
-                f"{hook} must return a dict with the keys 'loss', 'model_outputs' and "
-                f"'batch_size'; got {found}"
-            )
 
     def _update_loss_tracker(
         self, batch_loss: torch.Tensor, batch_size: int | torch.Tensor
