@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# The GPU checks, as one script for a lent GPU machine (torch and accelerate already there):
+#   bash benchmarks/gpu_checks.sh      -> writes benchmarks/results/gpu_checks.txt (or $OUT/)
+set -uo pipefail
+cd "$(dirname "$0")/.."
+out="${OUT:-benchmarks/results}"
+mkdir -p "$out"
+python3 -m pip install -q --no-deps -e . 2>/dev/null || export PYTHONPATH="$PWD:${PYTHONPATH:-}"
+{
+  date -u
+  nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
+  python3 -c "import torch, accelerate; print('torch', torch.__version__, 'accelerate', accelerate.__version__)"
+  python3 -m pytest -m gpu -q -p no:cacheprovider tests
+} 2>&1 | tee "$out/gpu_checks.txt"
