@@ -11,6 +11,7 @@ outputs of every sample, in dataset order, on every process.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
+from itertools import islice
 from typing import Any
 
 import torch
@@ -240,8 +241,10 @@ class EvaluationMixin(BaseTrainer):
         self.eval_epoch_start()
         tracker.reset()
         self._call_loop_event("on_eval_epoch_start", is_intermediate=is_intermediate)
+        limit = self.get_eval_batch_limit(is_training=is_training, is_intermediate=is_intermediate)
+        batches = valid_dl if limit is None else islice(valid_dl, limit)
         with torch.no_grad():
-            for batch in valid_dl:
+            for batch in batches:
                 self._call_loop_event("on_eval_step_start")
                 batch_output = self.calculate_eval_batch_loss(batch)
                 check_batch_output(batch_output, "calculate_eval_batch_loss")
@@ -256,6 +259,38 @@ class EvaluationMixin(BaseTrainer):
         self._add_epoch_loss_to_run_history(name, tracker)
         self._call_loop_event("on_eval_epoch_end", is_intermediate=is_intermediate)
         self._agree_on_stop()
+
+    def get_eval_batch_limit(self, is_training: bool, is_intermediate: bool) -> int | None:
+        """The most batches this process runs in the evaluation epoch that is starting, or
+        ``None`` for all of them (the default when no callback sets a limit).
+
+        Asked once per evaluation epoch, after ``on_eval_epoch_start``. By default it returns
+        the smallest limit given by the trainer's callbacks that define
+        ``eval_batch_limit(trainer, is_training=..., is_intermediate=...) -> int | None``
+        (e.g. :class:`~pa_mixins.callbacks.LimitEvalStepsCallback`), so the order of the
+        callbacks does not matter. The loop then runs the first ``limit`` batches of this
+        process's loader. Override to set a limit in a trainer; each process answers for
+        itself. No cost per batch: without a limit the loader is iterated as it is.
+
+        :param is_training: whether the epoch runs inside ``train()`` (``False`` in
+            ``evaluate()``).
+        :param is_intermediate: whether it runs inside a training epoch.
+        """
+        limits = []
+        for callback in self.callback_handler:
+            ask = getattr(callback, "eval_batch_limit", None)
+            if not callable(ask):
+                continue
+            limit = ask(self, is_training=is_training, is_intermediate=is_intermediate)
+            if limit is None:
+                continue
+            if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
+                raise ValueError(
+                    f"{type(callback).__name__}.eval_batch_limit must return None or an int "
+                    f">= 0, got {limit!r}"
+                )
+            limits.append(limit)
+        return min(limits) if limits else None
 
     def eval_epoch_start(self) -> None:
         """Start of each evaluation epoch: puts the model in eval mode. Extend with
