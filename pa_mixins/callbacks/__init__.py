@@ -18,6 +18,8 @@ from pa_mixins.callbacks.defaults import (
     TerminateOnNaNCallback,
 )
 from pa_mixins.callbacks.distributed import ConvertSyncBatchNormCallback
+from pa_mixins.callbacks.ema import ModelEmaCallback
+from pa_mixins.callbacks.evaluation import LimitEvalStepsCallback, StepBasedEvaluationCallback
 from pa_mixins.callbacks.limits import LimitBatchesCallback
 from pa_mixins.callbacks.model_selection import EarlyStoppingCallback, SaveBestModelCallback
 
@@ -28,12 +30,15 @@ __all__ = [
     "ConvertSyncBatchNormCallback",
     "EarlyStoppingCallback",
     "LimitBatchesCallback",
+    "LimitEvalStepsCallback",
     "LogMetricsCallback",
+    "ModelEmaCallback",
     "MoveModulesToDeviceCallback",
     "PrintProgressCallback",
     "ProgressBarCallback",
     "SaveBestModelCallback",
     "SaveTrainingStateCallback",
+    "StepBasedEvaluationCallback",
     "StopTrainingError",
     "TerminateOnNaNCallback",
     "TrainerCallback",

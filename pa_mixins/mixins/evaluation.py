@@ -224,9 +224,9 @@ class EvaluationMixin(BaseTrainer):
     def _run_eval_epoch(
         self, valid_dl: Any, is_training: bool = True, is_intermediate: bool = False
     ) -> None:
-        """One pass over ``valid_dl`` without gradients; records ``eval_loss_epoch``
-        (``intermediate_eval_loss`` inside a training epoch, ``evaluation_loss`` in
-        ``evaluate()``)."""
+        """One pass over ``valid_dl`` (or its first :meth:`get_eval_batch_limit` batches)
+        without gradients; records ``eval_loss_epoch`` (``intermediate_eval_loss`` inside a
+        training epoch, ``evaluation_loss`` in ``evaluate()``)."""
         model = self.model
         self.model = self._model_for_evaluation()
         try:
