@@ -112,6 +112,14 @@ def test_readme_quickstart_runs_with_the_pytorch_accelerated_names() -> None:
                 "PrintProgressCallback",
                 "TerminateOnNaNCallback",
                 "MoveModulesToDeviceCallback",
+                "SaveBestModelCallback",
+                "EarlyStoppingCallback",
+                "ModelEmaCallback",
+                "ConvertSyncBatchNormCallback",
+                "StepBasedEvaluationCallback",
+                "LimitEvalStepsCallback",
+                "SaveTrainingStateCallback",
+                "WSDCheckpointCallback",
             ],
         ),
         ("pa_mixins.tracking", ["RunHistory", "InMemoryRunHistory", "LossTracker"]),
@@ -573,3 +581,33 @@ def test_loss_tracker_keeps_a_device_sum_of_sample_weighted_losses() -> None:
     tracker.reset()
     tracker.update(1.5, 2)
     assert tracker.average == 1.5 and tracker.running_count == 2
+
+
+def test_log_metrics_logs_intermediate_evaluations_apart_from_epoch_evaluations() -> None:
+    from pa_mixins.callbacks import StepBasedEvaluationCallback
+
+    logged: list[list[str]] = []
+
+    class Recording(LogMetricsCallback):
+        def log_metrics(self, trainer: Any, metrics: dict[str, Any]) -> None:
+            logged.append(sorted(metrics))
+
+    model = make_model()
+    trainer = Trainer(
+        model,
+        nn.MSELoss(),
+        _sgd(model),
+        callbacks=[
+            StepBasedEvaluationCallback(eval_every_n_steps=3),
+            Recording(),
+            ProgressBarCallback(),
+        ],
+    )
+    trainer.train(
+        train_dataset=make_regression_data(16),
+        eval_dataset=make_regression_data(8),
+        num_epochs=1,
+        per_device_batch_size=4,
+    )
+    # 4 updates: an intermediate evaluation after update 3, then the epoch's own.
+    assert logged == [["intermediate_eval_loss"], ["train_loss_epoch"], ["eval_loss_epoch"]]

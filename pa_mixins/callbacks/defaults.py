@@ -4,12 +4,15 @@ messages, progress bars and metric logging."""
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
 from pa_mixins.callbacks.core import StopTrainingError, TrainerCallback
+
+INTERMEDIATE_EVAL_LOSS = "intermediate_eval_loss"
 
 if TYPE_CHECKING:
     from pa_mixins.base import BaseTrainer
@@ -25,16 +28,23 @@ __all__ = [
 
 class LogMetricsCallback(TrainerCallback):
     """Print the latest metrics: names containing ``"train"`` at the end of each training
-    epoch, the others at the end of each evaluation epoch. Override :meth:`log_metrics` to
-    send them elsewhere (an experiment tracker, a file)."""
+    epoch, the others at the end of each evaluation epoch (after an intermediate evaluation,
+    only ``intermediate_eval_loss``). Override :meth:`log_metrics` to send them elsewhere (an
+    experiment tracker, a file)."""
 
     def on_train_epoch_end(self, trainer: BaseTrainer, **kwargs: Any) -> None:
         self._log_latest(trainer, lambda name: "train" in name)
 
     def on_eval_epoch_end(self, trainer: BaseTrainer, **kwargs: Any) -> None:
-        self._log_latest(trainer, lambda name: "train" not in name)
+        if kwargs.get("is_intermediate"):
+            self._log_latest(trainer, lambda name: name.endswith(INTERMEDIATE_EVAL_LOSS))
+        else:
+            self._log_latest(
+                trainer,
+                lambda name: "train" not in name and not name.endswith(INTERMEDIATE_EVAL_LOSS),
+            )
 
-    def _log_latest(self, trainer: BaseTrainer, keep: Any) -> None:
+    def _log_latest(self, trainer: BaseTrainer, keep: Callable[[str], bool]) -> None:
         history = trainer.run_history
         metrics = {
             name: history.get_latest_metric(name)
@@ -50,13 +60,16 @@ class LogMetricsCallback(TrainerCallback):
 
 
 class ProgressBarCallback(TrainerCallback):
-    """A tqdm progress bar for each training and evaluation epoch (first process of each
-    machine only). Updating it reads nothing from the device."""
+    """tqdm progress bars for the training and evaluation epochs (first process of each
+    machine only); an evaluation inside a training epoch gets its own bar. Updating a bar reads
+    nothing from the device."""
 
     def __init__(self) -> None:
-        self.pbar: Any = None
+        self.pbar: Any = None  # the training epoch's bar
+        self.eval_pbar: Any = None
 
-    def _open(self, trainer: BaseTrainer, dataloader: Any, desc: str) -> None:
+    @staticmethod
+    def _open(trainer: BaseTrainer, dataloader: Any, desc: str) -> Any:
         from tqdm.auto import tqdm  # tqdm comes with accelerate (through huggingface_hub)
 
         try:
@@ -64,41 +77,45 @@ class ProgressBarCallback(TrainerCallback):
         except TypeError:
             total = None
         disable = not getattr(trainer, "is_local_process_zero", True)
-        self.pbar = tqdm(total=total, desc=desc, disable=disable, leave=False)
+        return tqdm(total=total, desc=desc, disable=disable, leave=False)
 
-    def _advance(self) -> None:
-        if self.pbar is not None:
-            self.pbar.update(1)
-
-    def _close(self) -> None:
-        if self.pbar is not None:
-            self.pbar.close()
-            self.pbar = None
+    @staticmethod
+    def _close(bar: Any) -> None:
+        if bar is not None:
+            bar.close()
 
     def on_train_epoch_start(self, trainer: BaseTrainer, **kwargs: Any) -> None:
-        self._open(trainer, trainer._train_dataloader, "train")
+        self._close(self.pbar)
+        self.pbar = self._open(trainer, trainer._train_dataloader, "train")
 
     def on_train_step_end(
         self, trainer: BaseTrainer, batch: Any, batch_output: dict[str, Any], **kwargs: Any
     ) -> None:
-        self._advance()
+        if self.pbar is not None:
+            self.pbar.update(1)
 
     def on_train_epoch_end(self, trainer: BaseTrainer, **kwargs: Any) -> None:
-        self._close()
+        self._close(self.pbar)
+        self.pbar = None
 
     def on_eval_epoch_start(self, trainer: BaseTrainer, **kwargs: Any) -> None:
-        self._open(trainer, trainer._eval_dataloader, "eval")
+        self._close(self.eval_pbar)
+        self.eval_pbar = self._open(trainer, trainer._eval_dataloader, "eval")
 
     def on_eval_step_end(
         self, trainer: BaseTrainer, batch: Any, batch_output: dict[str, Any], **kwargs: Any
     ) -> None:
-        self._advance()
+        if self.eval_pbar is not None:
+            self.eval_pbar.update(1)
 
     def on_eval_epoch_end(self, trainer: BaseTrainer, **kwargs: Any) -> None:
-        self._close()
+        self._close(self.eval_pbar)
+        self.eval_pbar = None
 
     def on_stop_training_error(self, trainer: BaseTrainer, **kwargs: Any) -> None:
-        self._close()
+        self._close(self.pbar)
+        self._close(self.eval_pbar)
+        self.pbar = self.eval_pbar = None
 
 
 class PrintProgressCallback(TrainerCallback):
