@@ -94,7 +94,15 @@ class TrainerCallback:
         """End of ``evaluate()``, after ``evaluation_run_end``."""
 
     def on_stop_training_error(self, trainer: BaseTrainer, **kwargs: Any) -> None:
-        """A :class:`StopTrainingError` ended the run early."""
+        """A :class:`StopTrainingError` ended the run early; ``error`` is the exception."""
+
+    def on_stop_signal(self, trainer: BaseTrainer, **kwargs: Any) -> None:
+        """SIGTERM or Ctrl-C arrived and the run is at the next safe point, about to stop
+        (``signal_name``); the place to save a training state (``CheckpointMixin``)."""
+
+    def on_training_state_saved(self, trainer: BaseTrainer, **kwargs: Any) -> None:
+        """A training state folder (``output_dir``) was completely written
+        (``CheckpointMixin``)."""
 
     def __getattr__(self, item: str) -> Any:
         if item.startswith("on_"):
