@@ -32,6 +32,7 @@ def main() -> None:
     from pa_mixins import Trainer
     from pa_mixins.callbacks import DEFAULT_CALLBACKS, CallbackHandler, get_default_callbacks
     from pa_mixins.callbacks.defaults import ProgressBarCallback, TerminateOnNaNCallback
+    from pa_mixins.checks import check_batch_output
     from pa_mixins.tracking import LossTracker
 
     dataset, model, loss_func, optimizer = _make_workload(2_000)
@@ -69,7 +70,7 @@ def main() -> None:
     nan_cb = TerminateOnNaNCallback()
     add(
         "TerminateOnNaNCallback.on_train_step_end (isfinite + all + bool)",
-        lambda: nan_cb.on_train_step_end(trainer, batch_output=batch_output),
+        lambda: nan_cb.on_train_step_end(trainer, batch=None, batch_output=batch_output),
     )
     import math
 
@@ -81,7 +82,7 @@ def main() -> None:
     pbar_cb.pbar = tqdm(total=10**9, disable=False, leave=False, file=open("/dev/null", "w"))
     add(
         "ProgressBarCallback.on_train_step_end (tqdm.update)",
-        lambda: pbar_cb.on_train_step_end(trainer, batch_output=batch_output),
+        lambda: pbar_cb.on_train_step_end(trainer, batch=None, batch_output=batch_output),
     )
     pbar_cb.pbar.close()
 
@@ -104,7 +105,7 @@ def main() -> None:
     )
     rows[-1] = (
         rows[-1][0],
-        rows[-1][1] - best_us(lambda: nan_method(trainer, batch_output=batch_output)),
+        rows[-1][1] - best_us(lambda: nan_method(trainer, batch=None, batch_output=batch_output)),
     )
     empty = CallbackHandler(())
     add(
@@ -124,7 +125,7 @@ def main() -> None:
     add("with nullcontext(): (per step in _run_train_epoch)", with_nullcontext)
     add("_is_update_step(step)", lambda: trainer._is_update_step(3))
     add("_loss_for_backward(batch_output)", lambda: trainer._loss_for_backward(batch_output))
-    add("_check_batch_output(batch_output)", lambda: trainer._check_batch_output(batch_output, "x"))
+    add("check_batch_output(batch_output)", lambda: check_batch_output(batch_output, "x"))
     trainer.run_config = trainer.run_config  # kept from the run
     add("_clip_gradients() (no clipping configured)", lambda: trainer._clip_gradients())
     add("_after_optimizer_step() (no scheduler)", lambda: trainer._after_optimizer_step())
