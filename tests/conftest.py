@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 
 import pytest
 import torch
@@ -58,3 +59,39 @@ def weights(model: nn.Module) -> list[torch.Tensor]:
 
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+_LAUNCH_VARIABLES = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+
+
+def launch_env(use_cpu: bool = True, **extra: str) -> dict[str, str]:
+    """The environment of a training script started in fresh processes: none of this
+    process's Accelerate or launcher variables, one thread per process, the repository on the
+    path, and ``ACCELERATE_USE_CPU=1`` (what makes a CPU launch of N processes use gloo)."""
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("ACCELERATE_", "PT_ACC")) and k not in _LAUNCH_VARIABLES
+    }
+    env["PYTHONPATH"] = REPO_ROOT
+    env["OMP_NUM_THREADS"] = "1"
+    if use_cpu:
+        env["ACCELERATE_USE_CPU"] = "1"
+    env.update(extra)
+    return env
+
+
+def torchrun(processes: int, *extra: str) -> list[str]:
+    """The command prefix that starts ``processes`` processes on this machine with torchrun."""
+    return [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc_per_node={processes}",
+        *extra,
+    ]
+
+
+def launcher(processes: int) -> list[str]:
+    """Plain ``python`` for one process, torchrun for several."""
+    return [sys.executable] if processes == 1 else torchrun(processes)

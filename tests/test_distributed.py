@@ -6,7 +6,6 @@ Every launch has a timeout, so that a hang fails the test instead of blocking CI
 from __future__ import annotations
 
 import json
-import os
 import pathlib
 import socket
 import subprocess
@@ -20,37 +19,20 @@ from torch import nn
 
 from pa_mixins import MinimalTrainer, Trainer
 from pa_mixins.callbacks import ConvertSyncBatchNormCallback
-from tests.conftest import REPO_ROOT, make_regression_data
+from tests.conftest import REPO_ROOT, launch_env, make_regression_data, torchrun
 
 SCRIPTS = pathlib.Path(REPO_ROOT) / "tests" / "scripts"
 LAUNCH_TIMEOUT_S = 90
 
 
-def _env(use_cpu: bool = True, **extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("ACCELERATE_", "PT_ACC"))}
-    for name in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
-        env.pop(name, None)
-    if use_cpu:
-        env["ACCELERATE_USE_CPU"] = "1"
-    env["OMP_NUM_THREADS"] = "1"
-    env.update(extra)
-    return env
-
-
-def _torchrun(processes: int, *extra: str) -> list[str]:
-    return [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        f"--nproc_per_node={processes}",
-        *extra,
-    ]
-
-
 def _run(command: list[str], env: dict[str, str] | None = None, timeout: float = LAUNCH_TIMEOUT_S):
     return subprocess.run(
-        command, env=env or _env(), capture_output=True, text=True, timeout=timeout, cwd=REPO_ROOT
+        command,
+        env=env or launch_env(),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=REPO_ROOT,
     )
 
 
@@ -71,7 +53,7 @@ def _free_port() -> int:
 
 @pytest.mark.multiprocess
 def test_evaluation_and_predict_on_two_processes_equal_one_process(tmp_path: pathlib.Path) -> None:
-    done = _run([*_torchrun(2), str(SCRIPTS / "dist_eval.py"), str(tmp_path)])
+    done = _run([*torchrun(2), str(SCRIPTS / "dist_eval.py"), str(tmp_path)])
     assert done.returncode == 0, done.stderr[-3000:]
     rank0, rank1 = _results(tmp_path)
     assert rank0["num_processes"] == rank1["num_processes"] == 2
@@ -152,7 +134,7 @@ def test_predict_keeps_dict_outputs_and_refuses_a_sampler() -> None:
 
 @pytest.mark.multiprocess
 def test_a_stop_on_one_process_stops_every_process_at_the_same_step(tmp_path: pathlib.Path) -> None:
-    done = _run([*_torchrun(2), str(SCRIPTS / "dist_stop.py"), str(tmp_path)])
+    done = _run([*torchrun(2), str(SCRIPTS / "dist_stop.py"), str(tmp_path)])
     assert done.returncode == 0, done.stderr[-3000:]
     rank0, rank1 = _results(tmp_path)
     assert set(rank0) == set(rank1)
@@ -205,7 +187,7 @@ def test_a_dead_or_hung_process_ends_the_run_with_an_error(
     tmp_path: pathlib.Path, mode: str
 ) -> None:
     started = time.monotonic()
-    done = _run([*_torchrun(2), str(SCRIPTS / "dist_dead.py"), str(tmp_path), mode, "3"])
+    done = _run([*torchrun(2), str(SCRIPTS / "dist_dead.py"), str(tmp_path), mode, "3"])
     elapsed = time.monotonic() - started
     assert done.returncode != 0
     error = (tmp_path / "rank0_error.txt").read_text()
@@ -266,7 +248,7 @@ def test_two_nodes_train_like_one_node_with_two_processes(tmp_path: pathlib.Path
                 str(tmp_path / "nodes"),
                 *args,
             ],
-            env=_env(),
+            env=launch_env(),
             cwd=REPO_ROOT,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
@@ -283,7 +265,7 @@ def test_two_nodes_train_like_one_node_with_two_processes(tmp_path: pathlib.Path
                 node.wait()
     for node, (_, stderr) in zip(nodes, outputs):
         assert node.returncode == 0, stderr[-3000:]
-    one_node = _run([*_torchrun(2), script, str(tmp_path / "one_node"), *args])
+    one_node = _run([*torchrun(2), script, str(tmp_path / "one_node"), *args])
     assert one_node.returncode == 0, one_node.stderr[-3000:]
 
     rank0, rank1 = _results(tmp_path / "nodes")
@@ -345,7 +327,7 @@ def test_accelerate_launch_without_the_cpu_flag_fails_with_a_clear_message(
     command = _accelerate_launch(
         "--multi_gpu", "--num_processes", "2", str(SCRIPTS / "train_tiny.py"), str(tmp_path)
     )
-    broken = _run(command, env=_env(use_cpu=False))
+    broken = _run(command, env=launch_env(use_cpu=False))
     assert broken.returncode != 0
     assert "WORLD_SIZE=2" in broken.stderr and "ACCELERATE_USE_CPU=1" in broken.stderr
     assert not list(tmp_path.glob("rank*.json"))

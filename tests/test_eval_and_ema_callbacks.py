@@ -6,9 +6,7 @@ from __future__ import annotations
 import copy
 import inspect
 import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +23,7 @@ from pa_mixins.callbacks import (
     TrainerCallback,
 )
 from pa_mixins.utils import ModelEma
-from tests.conftest import REPO_ROOT, make_model, make_regression_data
+from tests.conftest import REPO_ROOT, launch_env, launcher, make_model, make_regression_data
 
 # 32 training samples in batches of 8: 4 optimizer updates per epoch; 16 eval samples: 2 batches
 TRAIN = make_regression_data(32)
@@ -434,14 +432,9 @@ DIST_SCRIPT = Path(__file__).parent / "scripts" / "dist_eval_callbacks.py"
 
 
 def _run_dist(out: Path, processes: int, batch_size: int) -> list[dict[str, Any]]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("ACCELERATE_", "PT_ACC"))}
-    env.update({"ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"})
-    launcher = [sys.executable]
-    if processes > 1:
-        launcher += ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}"]
     result = subprocess.run(
-        [*launcher, str(DIST_SCRIPT), str(out), str(batch_size)],
-        env=env,
+        [*launcher(processes), str(DIST_SCRIPT), str(out), str(batch_size)],
+        env=launch_env(),
         capture_output=True,
         text=True,
         timeout=240,

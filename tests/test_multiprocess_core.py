@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import json
-import os
 import pathlib
 import subprocess
-import sys
 
 import pytest
 
-from tests.conftest import REPO_ROOT
+from tests.conftest import REPO_ROOT, launch_env, launcher
 
 SCRIPT = pathlib.Path(REPO_ROOT) / "tests" / "scripts" / "train_tiny.py"
 
@@ -20,23 +18,8 @@ pytestmark = pytest.mark.multiprocess
 def _run(
     out_dir: pathlib.Path, processes: int, *args: str, use_cpu: bool = True
 ) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("ACCELERATE_", "PT_ACC"))}
-    if use_cpu:
-        env["ACCELERATE_USE_CPU"] = "1"
-    env["OMP_NUM_THREADS"] = "1"
-    if processes == 1:
-        command = [sys.executable, str(SCRIPT), str(out_dir), *args]
-    else:
-        command = [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--standalone",
-            f"--nproc_per_node={processes}",
-            str(SCRIPT),
-            str(out_dir),
-            *args,
-        ]
+    command = [*launcher(processes), str(SCRIPT), str(out_dir), *args]
+    env = launch_env(use_cpu=use_cpu)
     return subprocess.run(
         command, env=env, capture_output=True, text=True, timeout=240, cwd=REPO_ROOT
     )

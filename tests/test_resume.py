@@ -11,14 +11,13 @@ import os
 import random
 import signal
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
 from pa_mixins.mixins.checkpointing import list_training_states
-from tests.conftest import REPO_ROOT
+from tests.conftest import REPO_ROOT, launch_env, launcher
 
 SCRIPT = os.path.join(REPO_ROOT, "tests", "scripts", "checkpoint_run.py")
 
@@ -26,20 +25,8 @@ SCRIPT = os.path.join(REPO_ROOT, "tests", "scripts", "checkpoint_run.py")
 def run_script(
     *args: str, processes: int = 1, timeout: int = 120
 ) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "PYTHONPATH": REPO_ROOT, "OMP_NUM_THREADS": "1"}
-    if processes == 1:
-        command = [sys.executable, SCRIPT, *args]
-    else:
-        env["ACCELERATE_USE_CPU"] = "1"
-        command = [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--standalone",
-            f"--nproc_per_node={processes}",
-            SCRIPT,
-            *args,
-        ]
+    command = [*launcher(processes), SCRIPT, *args]
+    env = launch_env()
     return subprocess.run(command, env=env, capture_output=True, text=True, timeout=timeout)
 
 
