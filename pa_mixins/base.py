@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from pa_mixins.callbacks import DEFAULT_CALLBACKS, CallbackHandler, LimitBatchesCallback
-from pa_mixins.data import has_length
+from pa_mixins.data import loader_length
 from pa_mixins.run_config import TrainerRunConfig
 from pa_mixins.tracking import InMemoryRunHistory, LossTracker, RunHistory
 from pa_mixins.utils import limit_batches_from_env
@@ -162,8 +162,8 @@ class BaseTrainer:
         updates_per_epoch: int | None = None
         epochs: int | None = num_epochs
         dataloader = self._train_dataloader
-        if dataloader is not None and has_length(dataloader):
-            batches = len(dataloader)  # type: ignore[arg-type]
+        batches = loader_length(dataloader)
+        if batches is not None:
             updates_per_epoch = math.ceil(batches / gradient_accumulation_steps)
             if max_num_train_steps is not None:
                 epochs = math.ceil(max_num_train_steps / updates_per_epoch)

@@ -618,7 +618,6 @@ class CheckpointMixin(TrainingLoopMixin):
             self._items_in_group = (
                 items.to(self.device) if isinstance(items, torch.Tensor) else items
             )
-            self._epoch_num_batches = loader_length(self._train_dataloader)
         if resume.grads is not None:
             for param, grad in zip(self.model.parameters(), resume.grads, strict=True):
                 param.grad = None if grad is None else grad.to(param.device)

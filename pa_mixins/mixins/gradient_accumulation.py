@@ -34,6 +34,7 @@ class GradientAccumulationMixin(BaseTrainer):
         self._group_size = 0
         self._items_in_group: torch.Tensor | None = None
         self._epoch_num_batches: int | None = None
+        self._measured_loader: Any = None
         super().__init__(*args, **kwargs)
 
     @property
@@ -45,8 +46,10 @@ class GradientAccumulationMixin(BaseTrainer):
         steps = self._accumulation_steps
         if steps == 1:
             return super()._is_update_step(step)
-        if self._group_size == 0 and self._items_in_group is None:
-            self._epoch_num_batches = loader_length(self._train_dataloader)
+        dataloader = self._train_dataloader
+        if dataloader is not self._measured_loader:  # a new run, or a wrapped loader
+            self._measured_loader = dataloader
+            self._epoch_num_batches = loader_length(dataloader)
         return (step + 1) % steps == 0 or (step + 1) == self._epoch_num_batches
 
     @override
