@@ -105,9 +105,20 @@ class TrainerCallback:
         (``CheckpointMixin``)."""
 
     def __getattr__(self, item: str) -> Any:
-        if item.startswith("on_"):
-            raise CallbackMethodNotImplementedError(item)
-        raise AttributeError(f"{type(self).__name__!r} object has no attribute {item!r}")
+        # Reached only when normal lookup found nothing. Private and dunder names (probed by
+        # copy, pickle and many libraries) get a plain AttributeError.
+        message = f"{type(self).__name__!r} object has no attribute {item!r}"
+        if item.startswith("_"):
+            raise AttributeError(message, name=item)
+        # Any other name may be an event, built in or custom (fired with
+        # ``callback_handler.call_event("verify_train_batch", ...)``): the handler skips this
+        # callback, as pytorch-accelerated does for every event name. The error is also an
+        # AttributeError, so ``hasattr(callback, name)`` and ``getattr(callback, name,
+        # default)`` still answer "absent" (the trainer probes callbacks for ``state_dict``).
+        missing_event = type(
+            "MissingCallbackEvent", (CallbackMethodNotImplementedError, AttributeError), {}
+        )
+        raise missing_event(message, name=item)
 
 
 class CallbackHandler:

@@ -1,0 +1,1 @@
+"""pytorch-accelerated 0.1.61's published examples, adapted only where they download data."""

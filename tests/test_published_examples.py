@@ -1,0 +1,90 @@
+"""pytorch-accelerated's published examples run with pa_mixins after the import change.
+
+The adapted copies live in ``tests/published_examples/``; each says what was changed (the
+import, and data made in the script instead of a download).
+"""
+
+from __future__ import annotations
+
+import copy
+import pickle
+from typing import Any
+
+import pytest
+
+from pa_mixins.callbacks import (
+    CallbackHandler,
+    CallbackMethodNotImplementedError,
+    PrintProgressCallback,
+    TerminateOnNaNCallback,
+    TrainerCallback,
+)
+from tests.published_examples import custom_callback_event
+
+
+def test_custom_callback_event_example_runs_and_fires_the_event(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # examples/core/custom_callback_event.py fires "verify_train_batch", which only one of its
+    # five callbacks defines; the four others must be skipped, not raise AttributeError.
+    calls: list[Any] = []
+    published = custom_callback_event.VerifyBatchCallback.verify_train_batch
+
+    def counting(self: Any, trainer: Any, xb: Any, yb: Any) -> None:
+        calls.append(trainer)
+        published(self, trainer, xb, yb)  # the example's own shape assertions
+
+    monkeypatch.setattr(custom_callback_event.VerifyBatchCallback, "verify_train_batch", counting)
+    custom_callback_event.main()
+
+    steps_per_epoch = custom_callback_event.SPLIT[0] // 32  # drop_last=True
+    assert len(calls) == 8 * steps_per_epoch
+    trainer = calls[0]
+    assert isinstance(trainer, custom_callback_event.TrainerWithCustomCallbackEvent)
+    assert len(trainer.run_history.get_metric_values("train_loss_epoch")) == 8
+    assert len(trainer.run_history.get_metric_values("eval_loss_epoch")) == 8
+    assert "train_loss_epoch" in capsys.readouterr().out  # LogMetricsCallback printed
+
+
+class _Recorder(TrainerCallback):
+    def __init__(self) -> None:
+        self.seen: list[tuple[str, Any]] = []
+
+    def any_name_at_all(self, trainer: Any, **kwargs: Any) -> None:
+        self.seen.append(("any_name_at_all", kwargs))
+
+    def on_my_event(self, trainer: Any, **kwargs: Any) -> None:
+        self.seen.append(("on_my_event", kwargs))
+
+
+@pytest.mark.parametrize("event", ["any_name_at_all", "on_my_event", "nobody_handles_this"])
+def test_a_custom_event_of_any_name_skips_callbacks_that_do_not_define_it(event: str) -> None:
+    recorder = _Recorder()
+    handler = CallbackHandler([TerminateOnNaNCallback, recorder, PrintProgressCallback])
+    handler.call_event(event, trainer=None, value=1)
+    expected = [] if event == "nobody_handles_this" else [(event, {"value": 1})]
+    assert recorder.seen == expected
+
+
+def test_a_missing_public_name_is_both_signals() -> None:
+    callback = TerminateOnNaNCallback()
+    # the handler's signal, as in pytorch-accelerated ...
+    with pytest.raises(CallbackMethodNotImplementedError):
+        _ = callback.verify_train_batch
+    # ... and still an AttributeError, so probing for an optional method works
+    with pytest.raises(AttributeError, match="verify_train_batch"):
+        _ = callback.verify_train_batch
+    assert not hasattr(callback, "state_dict")
+    assert getattr(callback, "eval_batch_limit", "absent") == "absent"
+
+
+def test_private_and_dunder_names_raise_a_plain_attribute_error() -> None:
+    callback = _Recorder()
+    for name in ("_private", "__deepcopy_me__"):
+        with pytest.raises(AttributeError) as raised:
+            getattr(callback, name)
+        assert not isinstance(raised.value, CallbackMethodNotImplementedError)
+    # copy and pickle probe dunder names on the instance
+    callback.seen.append(("x", {}))
+    assert copy.deepcopy(callback).seen == callback.seen
+    assert pickle.loads(pickle.dumps(callback)).seen == callback.seen
