@@ -1,41 +1,48 @@
 """``BaseTrainer``: the cooperative root that every mixin and ready-made trainer ends on.
 
-It stores what the user gives the constructor (model, loss function, optimizer, callbacks,
-run history), declares every hook with a typed default, and ends the constructor chain: an
-option that no class of the trainer consumed is rejected with a ``TypeError`` that names the
-mixin which would accept it.
+It owns what the user gives the constructor (model, loss function, optimizer, callbacks,
+run history) and the objects of the current run (datasets, loaders, run config), declares
+what every mixin may rely on (the hardware interface, the process roles, the public
+extension seams with their defaults), ends the constructor chain (an option no class
+consumed is rejected with a ``TypeError`` naming the mixin that would accept it) and checks
+each trainer class when it is created (:mod:`pa_mixins.assembly`).
 
-How mixins cooperate:
+How mixins cooperate (see docs/mixins.md):
 
-* every mixin subclasses ``BaseTrainer`` and names the options it adds in ``init_options``
-  (constructor) and ``train_options`` (``train()`` arguments, with their "off" value);
-* a mixin's ``__init__`` stores its own options, then calls ``super().__init__(*args, **kwargs)``;
-  options reach the root only if nobody took them;
-* run-level ``*_start`` hooks call ``super()`` first, ``*_end`` hooks call it last, so the
-  base opens first and closes last;
-* hardware goes through the adapter (``AccelerateMixin``); the stubs below say so when a
-  trainer is assembled without it.
+* a mixin subclasses ``BaseTrainer``, names its options in ``init_options`` (constructor) and
+  ``train_options`` (``train()`` arguments with their "off" value) and the mixins it needs in
+  ``requires``; its ``__init__`` stores its own options, then calls ``super().__init__``;
+* each attribute has one class that writes it; the root declares the shared ones;
+* a mixin changes the loop through the public seams below, each calling ``super()``;
+* run state is contributed through :meth:`training_state_dict` /
+  :meth:`process_state_dict` and taken back through their ``load_*`` twins;
+* hardware goes through the adapter (``AccelerateMixin``).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable, Sequence
-from contextlib import AbstractContextManager
-from typing import Any, ClassVar
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager, nullcontext
+from typing import Any, ClassVar, Literal
 
 import torch
 from torch import nn
 
-from pa_mixins.callbacks import DEFAULT_CALLBACKS, CallbackHandler, LimitBatchesCallback
+from pa_mixins.assembly import check_assembly
+from pa_mixins.callbacks.core import CallbackHandler
+from pa_mixins.checkpoint_format import check_model_fits, check_optimizer_fits
 from pa_mixins.data import loader_length
 from pa_mixins.run_config import TrainerRunConfig
 from pa_mixins.tracking import InMemoryRunHistory, LossTracker, RunHistory
 from pa_mixins.utils import limit_batches_from_env
 
-__all__ = ["BaseTrainer"]
+__all__ = ["BaseTrainer", "BatchOutput", "SafePoint"]
 
 BatchOutput = dict[str, Any]
+
+#: where the loop stands when it calls :meth:`BaseTrainer.at_safe_point`
+SafePoint = Literal["epoch_start", "micro_batch", "update", "train_done", "eval_done"]
 
 
 def _owner_hint(option: str, owners: dict[str, type], trainer_cls: type) -> str:
@@ -59,7 +66,7 @@ class BaseTrainer:
     :param optimizer: an optimizer built on ``model``'s parameters, not yet prepared; ``None``
         for evaluation or prediction only.
     :param callbacks: callback classes (instantiated without arguments) or instances, called in
-        order. Defaults to :data:`pa_mixins.callbacks.DEFAULT_CALLBACKS`.
+        order; ``None`` for the class's :attr:`default_callbacks`.
     :param run_history: where metrics are recorded; a new :class:`InMemoryRunHistory` if ``None``.
     """
 
@@ -67,19 +74,41 @@ class BaseTrainer:
     init_options: ClassVar[tuple[str, ...]] = ()
     #: ``train()`` options owned by this class, with the value that means "not used"
     train_options: ClassVar[dict[str, Any]] = {}
+    #: names of the mixins a trainer using this class must also include
+    requires: ClassVar[tuple[str, ...]] = ()
+    #: the callbacks used when the constructor gets ``callbacks=None`` (the ready-made
+    #: trainers set :data:`pa_mixins.callbacks.DEFAULT_CALLBACKS`)
+    default_callbacks: ClassVar[Sequence[Any]] = ()
     _option_owners: ClassVar[dict[str, type]] = {}
+
+    # The objects of the current run, declared here and written by one class each: the
+    # datasets, loaders and run config by this class (in the setup steps below); the loaders'
+    # settings by the mixin that creates the loader; the scheduler by SchedulerMixin.
+    train_dataset: Any = None
+    eval_dataset: Any = None
+    collate_fn: Callable[..., Any] | None = None
+    run_config: TrainerRunConfig | None = None
+    _train_dataloader: Any = None
+    _eval_dataloader: Any = None
+    _train_dl_kwargs: dict[str, Any] | None = None
+    _eval_dl_kwargs: dict[str, Any] | None = None
+    scheduler: Any = None
+    create_scheduler_fn: Callable[..., Any] | None = None
+    #: micro-batches in the current training epoch, ``None`` if unknown (set by the loop)
+    batches_in_epoch: int | None = None
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         for name in (*cls.__dict__.get("init_options", ()), *cls.__dict__.get("train_options", {})):
             BaseTrainer._option_owners.setdefault(name, cls)
+        check_assembly(cls, BaseTrainer)
 
     def __init__(
         self,
         model: nn.Module,
         loss_func: Callable[..., torch.Tensor] | None = None,
         optimizer: torch.optim.Optimizer | None = None,
-        callbacks: Sequence[Any] = DEFAULT_CALLBACKS,
+        callbacks: Sequence[Any] | None = None,
         run_history: RunHistory | None = None,
         **unknown_options: Any,
     ) -> None:
@@ -93,35 +122,18 @@ class BaseTrainer:
         self.model = model
         self.loss_func = loss_func
         self.optimizer = optimizer
-        self.callbacks = callbacks
+        self.callbacks = self.default_callbacks if callbacks is None else callbacks
         self.callback_handler = self._create_callback_handler()
+        #: the batch limit of ``PT_ACC_LIMIT_BATCHES`` when the trainer was created (debug runs)
+        self._env_batch_limit = limit_batches_from_env()
         self.run_history: RunHistory = (
             run_history if run_history is not None else InMemoryRunHistory()
         )
-        self._loss_tracker = LossTracker()
-
-        # Set by train() / evaluate().
-        self.create_scheduler_fn: Callable[..., Any] | None = None
-        self.scheduler: Any = None
-        self.collate_fn: Callable[..., Any] | None = None
-        self.train_dataset: Any = None
-        self.eval_dataset: Any = None
-        self._train_dataloader: Iterable[Any] | None = None
-        self._eval_dataloader: Iterable[Any] | None = None
-        self._train_dl_kwargs: dict[str, Any] | None = None
-        self._eval_dl_kwargs: dict[str, Any] | None = None
-        self.run_config: TrainerRunConfig | None = None
-
         self.callback_handler.call_event("on_init_end", self)
 
     def _create_callback_handler(self) -> CallbackHandler:
-        """Build the handler from ``self.callbacks``; a ``LimitBatchesCallback`` goes first when
-        the limit-batches environment variable is set."""
-        callbacks = list(self.callbacks)
-        limit = limit_batches_from_env()
-        if limit is not None:
-            callbacks.insert(0, LimitBatchesCallback(limit))
-        return CallbackHandler(callbacks)
+        """Build the handler from ``self.callbacks``."""
+        return CallbackHandler(self.callbacks)
 
     @classmethod
     def _check_train_options(cls, requested: dict[str, Any]) -> None:
@@ -139,7 +151,52 @@ class BaseTrainer:
                 f"{cls.__name__}.train() got unsupported option(s): {'; '.join(missing)}"
             )
 
-    # -- run facts shared by training and evaluation -------------------------------------------
+    # ------------------------------------------------------------------------------------------
+    # Setup steps of a run, called in this order by train() and evaluate()
+    # ------------------------------------------------------------------------------------------
+
+    def _begin_run(self, train_dataset: Any, eval_dataset: Any, collate_fn: Any) -> None:
+        """Store the run's data and start the hardware run (a fresh Accelerator)."""
+        self.train_dataset = train_dataset
+        self.eval_dataset = eval_dataset
+        self.collate_fn = collate_fn
+        self.start_hardware_run()
+
+    def _create_dataloaders(
+        self,
+        per_device_batch_size: int,
+        train_dl_kwargs: dict[str, Any] | None = None,
+        eval_dl_kwargs: dict[str, Any] | None = None,
+    ) -> None:
+        """Create the loaders of the run's datasets (through ``create_train_dataloader`` /
+        ``create_eval_dataloader``) and prepare them, the model and the optimizer for the
+        hardware."""
+        train_dl = eval_dl = None
+        if self.train_dataset is not None:
+            train_dl = self.create_train_dataloader(
+                batch_size=per_device_batch_size, train_dl_kwargs=train_dl_kwargs
+            )
+        if self.eval_dataset is not None:
+            eval_dl = self.create_eval_dataloader(
+                batch_size=per_device_batch_size, eval_dl_kwargs=eval_dl_kwargs
+            )
+        self._train_dataloader, self._eval_dataloader = train_dl, eval_dl
+        self._prepare_model_optimizer_and_dataloaders()
+
+    def _prepare_model_optimizer_and_dataloaders(self, include_dataloaders: bool = True) -> None:
+        """Replace the model, the optimizer and (unless ``include_dataloaders=False``) the
+        run's loaders by their prepared forms (:meth:`prepare_for_hardware`)."""
+        train_dl, eval_dl = (
+            (self._train_dataloader, self._eval_dataloader) if include_dataloaders else (None, None)
+        )
+        prepared = self.prepare_for_hardware(self.model, self.optimizer, train_dl, eval_dl)
+        self.model, self.optimizer = prepared[0], prepared[1]
+        if include_dataloaders:
+            self._train_dataloader, self._eval_dataloader = prepared[2], prepared[3]
+
+    def _start_run_config(self, **config: Any) -> None:
+        """Set :attr:`run_config` for the run that starts (see :meth:`_create_run_config`)."""
+        self.run_config = self._create_run_config(**config)
 
     def _create_run_config(
         self,
@@ -153,15 +210,15 @@ class BaseTrainer:
     ) -> TrainerRunConfig:
         """Build the frozen :class:`TrainerRunConfig` of this run (after preparation, so the
         loader lengths are per process)."""
-        train_dl_kwargs = self._train_dl_kwargs or {}
-        eval_dl_kwargs = self._eval_dl_kwargs or {}
-        train_bs = train_dl_kwargs.get("batch_size", per_device_batch_size)
-        eval_bs = eval_dl_kwargs.get("batch_size", train_bs)
-        num_processes = getattr(self, "num_processes", 1)
+        dataloader = self._train_dataloader
+        train_dl_kwargs = self._train_dl_kwargs if dataloader is not None else None
+        eval_dl_kwargs = self._eval_dl_kwargs if self._eval_dataloader is not None else None
+        train_bs = (train_dl_kwargs or {}).get("batch_size", per_device_batch_size)
+        eval_bs = (eval_dl_kwargs or {}).get("batch_size", train_bs)
+        num_processes = self.num_processes
 
         updates_per_epoch: int | None = None
         epochs: int | None = num_epochs
-        dataloader = self._train_dataloader
         batches = loader_length(dataloader)
         if batches is not None:
             updates_per_epoch = math.ceil(batches / gradient_accumulation_steps)
@@ -180,31 +237,28 @@ class BaseTrainer:
         return TrainerRunConfig(
             num_epochs=epochs,
             train_per_device_batch_size=train_bs,
-            train_dl_kwargs=self._train_dl_kwargs,
+            train_dl_kwargs=train_dl_kwargs,
             eval_per_device_batch_size=eval_bs,
-            eval_dl_kwargs=self._eval_dl_kwargs,
+            eval_dl_kwargs=eval_dl_kwargs,
             gradient_accumulation_steps=gradient_accumulation_steps,
             gradient_clip_value=gradient_clip_value,
             train_total_batch_size=train_bs * num_processes * gradient_accumulation_steps,
             eval_total_batch_size=eval_bs * num_processes,
             num_update_steps_per_epoch=updates_per_epoch,
             max_num_train_steps=max_num_train_steps,
-            is_local_process_zero=getattr(self, "is_local_process_zero", True),
-            is_world_process_zero=getattr(self, "is_world_process_zero", True),
-            is_distributed=getattr(self, "is_distributed", False),
-            mixed_precision=getattr(self, "mixed_precision", "no"),
+            is_local_process_zero=self.is_local_process_zero,
+            is_world_process_zero=self.is_world_process_zero,
+            is_distributed=self.is_distributed,
+            mixed_precision=self.mixed_precision,
             num_processes=num_processes,
             num_local_update_steps_per_epoch=updates_per_epoch,
             gradient_clip_norm=gradient_clip_norm,
             seed=seed,
         )
 
-    def _add_epoch_loss_to_run_history(
-        self, metric_name: str, tracker: LossTracker | None = None
-    ) -> None:
+    def _add_epoch_loss_to_run_history(self, metric_name: str, tracker: LossTracker) -> None:
         """Record the epoch's mean loss over all processes (weighted by samples); the only
-        point where the loop reads from the device."""
-        tracker = tracker if tracker is not None else self._loss_tracker
+        point where the loops read from the device."""
         totals = torch.stack(
             [
                 torch.as_tensor(tracker.total_loss, dtype=torch.float64, device=self.device),
@@ -214,60 +268,194 @@ class BaseTrainer:
         total_loss, count = self.reduce_sum(totals).tolist()
         self.run_history.update_metric(metric_name, total_loss / count if count else float("nan"))
 
+    @contextmanager
+    def substitute(
+        self, model: nn.Module | None = None, callback_handler: CallbackHandler | None = None
+    ) -> Iterator[None]:
+        """Within the block, the hooks see ``model`` as ``self.model`` and the events go to
+        ``callback_handler``; both are put back afterwards (evaluation runs through the module
+        inside a DDP wrapper this way, and the EMA callback evaluates its average)."""
+        saved = self.model, self.callback_handler
+        if model is not None:
+            self.model = model
+        if callback_handler is not None:
+            self.callback_handler = callback_handler
+        try:
+            yield
+        finally:
+            self.model, self.callback_handler = saved
+
+    @property
+    def train_dataloader(self) -> Any:
+        """The current run's training loader, prepared for the hardware (read-only)."""
+        return self._train_dataloader
+
+    @property
+    def eval_dataloader(self) -> Any:
+        """The current run's evaluation loader, prepared for the hardware (read-only)."""
+        return self._eval_dataloader
+
     # ------------------------------------------------------------------------------------------
-    # Hardware: provided by AccelerateMixin. The stubs say so when it is missing.
+    # Hardware and processes: provided by AccelerateMixin. The stubs say so when it is missing.
     # ------------------------------------------------------------------------------------------
 
-    def _missing_adapter(self, what: str) -> NotImplementedError:
+    def _missing(self, what: str, mixin: str = "AccelerateMixin") -> NotImplementedError:
         return NotImplementedError(
-            f"{type(self).__name__}.{what} needs AccelerateMixin among the trainer's bases"
+            f"{type(self).__name__}.{what} needs {mixin} among the trainer's bases"
         )
 
     @property
     def device(self) -> torch.device:
         """The device this process trains on."""
-        raise self._missing_adapter("device")
+        raise self._missing("device")
+
+    @property
+    def num_processes(self) -> int:
+        """The number of processes of the run (1 without a distributed launch)."""
+        raise self._missing("num_processes")
+
+    @property
+    def process_index(self) -> int:
+        """This process's rank in the run, from 0."""
+        raise self._missing("process_index")
+
+    @property
+    def is_world_process_zero(self) -> bool:
+        """Whether this is the first process of the whole run."""
+        raise self._missing("is_world_process_zero")
+
+    @property
+    def is_local_process_zero(self) -> bool:
+        """Whether this is the first process of its machine."""
+        raise self._missing("is_local_process_zero")
+
+    @property
+    def is_distributed(self) -> bool:
+        """Whether the run is distributed (several processes or an engine)."""
+        raise self._missing("is_distributed")
+
+    @property
+    def mixed_precision(self) -> str:
+        """The mixed precision in force: ``"no"``, ``"fp16"``, ``"bf16"`` or ``"fp8"``."""
+        raise self._missing("mixed_precision")
+
+    @property
+    def num_updates(self) -> int:
+        """The number of optimizer updates completed in the current run (per process; all
+        processes update together). Read-only."""
+        raise self._missing("num_updates", "TrainingLoopMixin")
+
+    @property
+    def run_position(self) -> dict[str, Any]:
+        """Where the run stands: ``phase``, ``epoch``, ``next_step``, ``num_updates`` and
+        ``max_steps_reached`` (see :func:`~pa_mixins.checkpoint_format.state_position`)."""
+        raise self._missing("run_position", "TrainingLoopMixin")
 
     def print(self, *args: Any, **kwargs: Any) -> None:
         """Print once per machine (on each machine's first process)."""
-        raise self._missing_adapter("print")
+        raise self._missing("print")
+
+    def _create_accelerator(self) -> Any:
+        """Create this run's ``accelerate.Accelerator`` (``MixedPrecisionMixin`` checks it)."""
+        raise self._missing("_create_accelerator")
+
+    def start_hardware_run(self) -> None:
+        """Begin a run on fresh hardware state (a new Accelerator)."""
+        raise self._missing("start_hardware_run")
+
+    def prepare_for_hardware(
+        self, model: nn.Module, optimizer: Any, train_dataloader: Any, eval_dataloader: Any
+    ) -> tuple[nn.Module, Any, Any, Any]:
+        """The four objects prepared for this run's hardware (``None`` stays ``None``)."""
+        raise self._missing("prepare_for_hardware")
 
     def gather(self, tensor: Any, padding_value: Any = None) -> Any:
         """Gather ``tensor`` from every process, concatenated along dim 0."""
-        raise self._missing_adapter("gather")
+        raise self._missing("gather")
+
+    def gather_in_order(self, data: Any, num_rows: int) -> Any:
+        """Concatenate ``data`` (``num_rows`` rows here, possibly another number on each
+        process) from every process, in process order, without padding."""
+        raise self._missing("gather_in_order")
+
+    def place_dataloader_on_device(self, dataloader: Any) -> Any:
+        """``dataloader`` with its batches placed on this process's device, not split between
+        processes (``predict`` shards the data itself, to keep the dataset order)."""
+        raise self._missing("place_dataloader_on_device")
 
     def get_model(self, keep_torch_compile: bool = True) -> nn.Module:
         """The model without distributed / mixed-precision wrappers."""
-        raise self._missing_adapter("get_model")
+        raise self._missing("get_model")
+
+    def model_for_evaluation(self) -> nn.Module:
+        """The module that evaluation and prediction run through."""
+        raise self._missing("model_for_evaluation")
 
     def backward(self, loss: torch.Tensor) -> None:
         """Back-propagate ``loss`` (loss scaling and engines included)."""
-        raise self._missing_adapter("backward")
+        raise self._missing("backward")
 
     def no_gradient_sync(self) -> AbstractContextManager[Any]:
         """A context in which backward passes do not synchronise gradients across processes."""
-        raise self._missing_adapter("no_gradient_sync")
+        raise self._missing("no_gradient_sync")
 
-    def clip_gradients(self, clip_value: float | None, clip_norm: float | None) -> None:
-        """Clip the model's gradients by value and/or total norm (unscaled first)."""
-        raise self._missing_adapter("clip_gradients")
+    def unscale_and_clip_gradients(self, clip_value: float | None, clip_norm: float | None) -> None:
+        """Unscale the gradients (fp16), then clip them by value and/or total norm."""
+        raise self._missing("unscale_and_clip_gradients")
 
     def reduce_sum(self, tensor: torch.Tensor) -> torch.Tensor:
         """The sum of ``tensor`` over all processes."""
-        raise self._missing_adapter("reduce_sum")
+        raise self._missing("reduce_sum")
+
+    def broadcast_from_main(self, tensor: torch.Tensor) -> torch.Tensor:
+        """``tensor`` as the first process has it, on every process."""
+        raise self._missing("broadcast_from_main")
+
+    def any_process(self, flag: bool) -> bool:
+        """Whether ``flag`` is true on at least one process (every process must call it)."""
+        raise self._missing("any_process")
 
     def wait_for_everyone(self) -> None:
         """Block until every process reaches this point."""
-        raise self._missing_adapter("wait_for_everyone")
+        raise self._missing("wait_for_everyone")
 
     @property
     def optimizer_step_was_skipped(self) -> bool:
         """``True`` when the last optimizer step was skipped (fp16 overflow)."""
         return False
 
+    def call_loop_event(self, event: str, **kwargs: Any) -> None:
+        """Fire callback ``event`` from inside the training or evaluation loop. On several
+        processes the adapter holds a :class:`~pa_mixins.callbacks.StopTrainingError` until the
+        next :meth:`agree_on_stop`. Not meant to be overridden."""
+        self.callback_handler.call_event(event, self, **kwargs)
+
+    def agree_on_stop(self) -> None:
+        """A point where every process learns whether one of them was asked to stop; then all
+        raise :class:`~pa_mixins.callbacks.StopTrainingError` together. No-op on one process.
+        Not meant to be overridden."""
+
     # ------------------------------------------------------------------------------------------
-    # Hooks (public, overridable). Defaults that need a loop live in the loop mixins.
+    # Hooks of the run (public, overridable). Hooks of the epochs live in the loop mixins.
     # ------------------------------------------------------------------------------------------
+
+    def create_train_dataloader(
+        self, batch_size: int, train_dl_kwargs: dict[str, Any] | None = None
+    ) -> Iterable[Any]:
+        """Create the training loader (``TrainingLoopMixin``)."""
+        raise self._missing("create_train_dataloader", "TrainingLoopMixin")
+
+    def create_eval_dataloader(
+        self, batch_size: int, eval_dl_kwargs: dict[str, Any] | None = None
+    ) -> Iterable[Any]:
+        """Create the evaluation loader (``EvaluationMixin``)."""
+        raise self._missing("create_eval_dataloader", "EvaluationMixin")
+
+    def _run_eval_epoch(
+        self, valid_dl: Any, is_training: bool = True, is_intermediate: bool = False
+    ) -> None:
+        """One evaluation epoch (``EvaluationMixin``)."""
+        raise self._missing("_run_eval_epoch", "EvaluationMixin")
 
     def training_run_start(self) -> None:
         """Called once at the start of ``train()``, before the first epoch. Extend with
@@ -278,146 +466,144 @@ class BaseTrainer:
         Extend with ``super().training_run_epoch_end()`` called last."""
 
     def training_run_end(self) -> None:
-        """Called once at the end of ``train()``. Extend with ``super().training_run_end()``
-        called last."""
+        """Called once at the end of ``train()``; here it removes the distributed and
+        mixed-precision wrappers from ``self.model``. Extend with
+        ``super().training_run_end()`` called last."""
+        self._unwrap_model()
 
     def evaluation_run_start(self) -> None:
         """Called once at the start of ``evaluate()``. Extend with super() called first."""
 
     def evaluation_run_end(self) -> None:
-        """Called once at the end of ``evaluate()``. Extend with super() called last."""
+        """Called once at the end of ``evaluate()``; here it removes the wrappers from
+        ``self.model``. Extend with ``super().evaluation_run_end()`` called last."""
+        self._unwrap_model()
+
+    def _unwrap_model(self) -> None:
+        """Make ``self.model`` the model without its run's wrappers again."""
+        self.model = self.get_model()
 
     # ------------------------------------------------------------------------------------------
-    # Seams of the training loop. The defaults live here, at the root, so that a mixin that
-    # extends one (calling super()) works wherever it stands among the bases.
+    # Extension seams. The loop calls them at fixed points; the defaults live here, at the
+    # root, so a mixin extending one (calling super()) works wherever it stands among the
+    # bases. docs/mixins.md lists which mixin extends each in the ready-made trainers.
     # ------------------------------------------------------------------------------------------
 
     def get_accelerator_kwargs(self) -> dict[str, Any]:
-        """Keyword arguments for ``Accelerator(...)``; mixins add theirs to the dict that
-        ``super().get_accelerator_kwargs()`` returns."""
+        """Keyword arguments for ``Accelerator(...)``. Extended by ``MixedPrecisionMixin`` and
+        ``AccelerateMixin``: add to the dict that ``super().get_accelerator_kwargs()`` returns."""
         return {}
 
-    def _setup_scheduler(self) -> None:
-        """Setup step after the run config exists (``SchedulerMixin`` creates the scheduler)."""
+    def reset_run_state(self) -> None:
+        """First setup step of ``train()``: forget the previous run's state (the loop its
+        position, accumulation its open group, checkpointing its pending saves). Extend with
+        ``super()`` called first."""
 
-    def _restore_training_state(self, resume_from: str | None) -> None:
-        """Setup step after the scheduler exists (``CheckpointMixin`` resumes a run)."""
+    def setup_scheduler(self, create_scheduler_fn: Callable[..., Any] | None) -> None:
+        """Setup step of ``train()``, once the run config exists: create the scheduler
+        (``SchedulerMixin``). Extend with ``super()`` called first."""
 
-    def _is_update_step(self, step: int) -> bool:
-        """Whether micro-batch ``step`` of the epoch ends an optimizer update (always, without
-        gradient accumulation)."""
+    def resume_run(self, resume_from: str | None) -> None:
+        """Setup step of ``train()``, once the scheduler exists: load the training state to
+        resume from (``CheckpointMixin``). Extend with ``super()`` called first."""
+
+    def training_run_context(self) -> AbstractContextManager[Any]:
+        """A context the loop enters around the epochs of ``train()`` (``CheckpointMixin``
+        catches stop signals inside it). Extend by entering ``super().training_run_context()``
+        inside your own context."""
+        return nullcontext()
+
+    def is_update_step(self, step: int) -> bool:
+        """Whether micro-batch ``step`` of the epoch ends an optimizer update: always here;
+        ``GradientAccumulationMixin`` groups micro-batches. Extend with ``super()``."""
         return True
 
-    def _finish_pending_update(self) -> None:
-        """At the end of an epoch, apply an update whose accumulation group is still open."""
-
-    def _perform_optimizer_update(self) -> None:
-        raise NotImplementedError(
-            f"{type(self).__name__} has no training loop: add TrainingLoopMixin"
-        )
-
-    def _loss_for_backward(self, batch_output: BatchOutput) -> torch.Tensor:
-        """The tensor to back-propagate for a micro-batch: the loss, which the accumulation
-        mixin scales."""
+    def loss_for_backward(self, batch_output: BatchOutput) -> torch.Tensor:
+        """The tensor to back-propagate for a micro-batch: the loss here;
+        ``GradientAccumulationMixin`` scales it. Extend by transforming ``super()``'s result."""
         loss: torch.Tensor = batch_output["loss"]
         return loss
 
-    def _before_optimizer_step(self) -> None:
-        """Make the gradients final before the optimizer steps. A mixin that changes
-        gradients extends it and calls ``super()`` last, so clipping (here) comes after."""
+    def before_optimizer_step(self) -> None:
+        """Make the gradients final before the optimizer steps: here, clip them
+        (:meth:`_clip_gradients`). A mixin that changes gradients (``GradientAccumulationMixin``
+        rescales a short group) does so and calls ``super()`` last, so clipping comes after."""
         self._clip_gradients()
-
-    def _after_optimizer_step(self) -> None:
-        """Between the optimizer step and ``zero_grad`` (``SchedulerMixin`` steps here)."""
 
     def _clip_gradients(self) -> None:
         """Clip gradients by value and/or norm as the run config says (once per update,
-        after unscaling)."""
+        after unscaling). pytorch-accelerated's name; override to change the policy."""
         config = self.run_config
         if config is not None and (
             config.gradient_clip_value is not None or config.gradient_clip_norm is not None
         ):
-            self.clip_gradients(config.gradient_clip_value, config.gradient_clip_norm)
+            self.unscale_and_clip_gradients(config.gradient_clip_value, config.gradient_clip_norm)
+
+    def after_optimizer_step(self) -> None:
+        """Between the optimizer step and ``zero_grad``: ``SchedulerMixin`` steps the
+        scheduler here. Extend with ``super()`` called first."""
+
+    def has_pending_update(self) -> bool:
+        """Asked at the end of an epoch's batches: whether gradients wait for an update (an
+        accumulation group left open by a short epoch, ``GradientAccumulationMixin``); the
+        loop then applies it. Extend with ``super().has_pending_update() or ...``."""
+        return False
+
+    def at_safe_point(self, point: SafePoint) -> None:
+        """The loop reached a point where the run can be cut and continued without changing
+        a bit of the result (``CheckpointMixin`` writes training states and stops on signals
+        here). ``point`` says where: ``"epoch_start"`` (before an epoch's first batch),
+        ``"micro_batch"`` (after a micro-batch inside an accumulation group), ``"update"``
+        (after an optimizer update and its ``on_optimizer_step_end``), ``"train_done"`` (after
+        an epoch's ``on_train_epoch_end``) or ``"eval_done"`` (after the epoch's evaluation).
+        Cheap by contract: it runs after every micro-batch. Extend with ``super()``."""
 
     # ------------------------------------------------------------------------------------------
-    # Steps that other mixins provide; the stubs name the missing mixin.
+    # Run state, contributed by each class that owns some (see docs/mixins.md, "Write a
+    # stateful mixin"). A training state holds the shared dict once and one process dict per
+    # process; only tensors and plain values are allowed.
     # ------------------------------------------------------------------------------------------
 
-    def _create_accelerator(self) -> Any:
-        raise self._missing_adapter("_create_accelerator")
+    def training_state_dict(self) -> dict[str, Any]:
+        """The run's state, the same on every process: here the model weights, the optimizer,
+        the run history and the callbacks' states. Extend by calling ``super()`` first and
+        adding your own key."""
+        return {
+            "model": self.get_model(keep_torch_compile=False).state_dict(),
+            "optimizer": self.optimizer.state_dict() if self.optimizer is not None else None,
+            "run_history": self.run_history.state_dict(),
+            "callbacks": self.callback_handler.state_dict(),
+        }
 
-    def _start_hardware_run(self) -> None:
-        raise self._missing_adapter("_start_hardware_run")
+    def load_training_state_dict(self, state: dict[str, Any], resume: bool = True) -> None:
+        """Take back a :meth:`training_state_dict`.
 
-    def _prepare_model_optimizer_and_dataloaders(self) -> None:
-        raise self._missing_adapter("_prepare_model_optimizer_and_dataloaders")
+        With ``resume=True`` (``train(resume_from=...)``) the run continues where the state
+        was saved: take back everything. With ``resume=False`` (``load_training_state``, to
+        start a new run from a state) take back only what a new run keeps: weights,
+        optimizer, scheduler, grad scaler (and, per process, the random generators).
 
-    def broadcast_from_main(self, tensor: torch.Tensor) -> torch.Tensor:
-        """``tensor`` as the first process has it, on every process."""
-        raise self._missing_adapter("broadcast_from_main")
+        Extend in three steps: check your key (raise a clear error if it does not fit this
+        run), call ``super()``, then apply it; so every check runs before anything changes.
+        Here: the weights and the optimizer (checked first), then, when resuming, the run
+        history and the callbacks' states (given back after ``on_training_run_start``)."""
+        model = self.get_model(keep_torch_compile=False)
+        check_model_fits(model, state["model"], "The training state")
+        if self.optimizer is not None and state["optimizer"] is not None:
+            check_optimizer_fits(self.optimizer, state["optimizer"], "the training state")
+        model.load_state_dict(state["model"])
+        if self.optimizer is not None and state["optimizer"] is not None:
+            self.optimizer.load_state_dict(state["optimizer"])
+        if resume:
+            self.run_history.load_state_dict(state["run_history"])
+            self.callback_handler.load_state_dict(state["callbacks"])
 
-    def create_eval_dataloader(
-        self, batch_size: int, eval_dl_kwargs: dict[str, Any] | None = None
-    ) -> Iterable[Any]:
-        raise NotImplementedError(
-            f"{type(self).__name__} cannot evaluate: add EvaluationMixin to its bases"
-        )
+    def process_state_dict(self) -> dict[str, Any]:
+        """This process's own part of the run's state (random generators, a running loss, an
+        open accumulation group). Extend by calling ``super()`` first and adding your key."""
+        return {}
 
-    def _run_eval_epoch(
-        self, valid_dl: Any, is_training: bool = True, is_intermediate: bool = False
-    ) -> None:
-        raise NotImplementedError(
-            f"{type(self).__name__} cannot evaluate: add EvaluationMixin to its bases"
-        )
-
-    # ------------------------------------------------------------------------------------------
-    # Checkpointing support: CheckpointMixin uses these; AccelerateMixin provides them.
-    # ------------------------------------------------------------------------------------------
-
-    def _grad_scaler_state(self) -> dict[str, Any] | None:
-        """The mixed-precision grad scaler's state, ``None`` without a scaler."""
-        return None
-
-    def _load_grad_scaler_state(self, state: dict[str, Any] | None) -> None:
-        """Restore a state from :meth:`_grad_scaler_state` (nothing without a scaler)."""
-
-    def _sharded_engine_name(self) -> str | None:
-        """The engine sharding the model or optimizer state (DeepSpeed, FSDP, Megatron-LM),
-        whose training states are not supported yet; ``None`` otherwise."""
-        return None
-
-    # ------------------------------------------------------------------------------------------
-    # Distributed support: the loop and evaluation use these seams; AccelerateMixin provides
-    # them. On one process they cost one method call and read nothing from the device.
-    # ------------------------------------------------------------------------------------------
-
-    def _call_loop_event(self, event: str, **kwargs: Any) -> None:
-        """Fire callback ``event`` from inside the training or evaluation loop.
-
-        On one process this is ``callback_handler.call_event``. On several processes
-        ``AccelerateMixin`` holds a :class:`StopTrainingError` raised by a callback until the
-        next :meth:`_agree_on_stop`, so that one process never leaves the others waiting in a
-        collective. Not meant to be overridden.
-        """
-        self.callback_handler.call_event(event, self, **kwargs)
-
-    def _agree_on_stop(self) -> None:
-        """A point where every process learns whether one of them was asked to stop, and
-        then all raise :class:`StopTrainingError` together. No-op on one process."""
-
-    def _model_for_evaluation(self) -> nn.Module:
-        """The module that evaluation and prediction run through: ``self.model`` here;
-        ``AccelerateMixin`` returns the module inside a DDP wrapper, with its buffers made
-        equal to the first process's (no collective in an evaluation forward pass)."""
-        return self.model
-
-    def _prepare_unsharded_dataloader(self, dataloader: Any) -> Any:
-        """``dataloader`` with its batches placed on this process's device, not split between
-        processes (``predict`` shards the data itself, to keep the dataset order)."""
-        return dataloader
-
-    def _gather_exact(self, data: Any, num_rows: int) -> Any:
-        """Concatenate ``data`` (a tensor or a nested structure of tensors, ``num_rows`` rows
-        on this process, possibly a different number on each) from every process, in process
-        order, without padding. ``data`` itself on one process."""
-        return data
+    def load_process_state_dict(self, state: dict[str, Any], resume: bool = True) -> None:
+        """Take back a :meth:`process_state_dict` (check, ``super()``, apply, as
+        :meth:`load_training_state_dict`). State that belongs to a later moment of the loop
+        (the random generators at the first resumed batch) is kept until then by its owner."""

@@ -27,6 +27,7 @@ import os
 import pickle
 import time
 import uuid
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -48,6 +49,7 @@ __all__ = [
     "next_generation",
     "rank_file_name",
     "read_manifest",
+    "read_training_state",
     "remove_files",
     "remove_stale_files",
     "resolve_training_state",
@@ -56,10 +58,12 @@ __all__ = [
     "state_position",
     "trainer_file_name",
     "write_manifest",
+    "write_training_state",
 ]
 
 STATE_FORMAT = "pa_mixins.training_state"
-STATE_VERSION = 1
+#: version 2 (pa_mixins 0.2): each mixin's state under its own key (training_state_dict)
+STATE_VERSION = 2
 MANIFEST_NAME = "pa_state.json"
 
 
@@ -170,10 +174,13 @@ def read_manifest(state_dir: str | os.PathLike[str]) -> dict[str, Any]:
         raise CheckpointError(f"The manifest {manifest_path} cannot be read: {error}") from error
     if not isinstance(manifest, dict) or manifest.get("format") != STATE_FORMAT:
         raise CheckpointError(f"{manifest_path} is not a pa_mixins training-state manifest")
-    if manifest.get("version", 0) > STATE_VERSION:
+    version = manifest.get("version", 0)
+    if version != STATE_VERSION:
+        age = "a newer" if version > STATE_VERSION else "an older"
         raise CheckpointError(
-            f"{folder} was written by a newer pa_mixins (state version {manifest['version']}; "
-            f"this one reads up to {STATE_VERSION})"
+            f"{folder} was written by {age} pa_mixins (training-state version {version}; this "
+            f"one reads version {STATE_VERSION}): resume it with the pa_mixins release that "
+            "wrote it"
         )
     for name, size in manifest["files"].items():
         file = folder / name
@@ -364,3 +371,108 @@ def check_optimizer_fits(optimizer: Any, state: dict[str, Any], source: str) -> 
             f"The optimizer state in {source} has parameter groups of sizes {saved}; this "
             f"optimizer has {own}; nothing was loaded"
         )
+
+
+# ----------------------------------------------------------------------------------------------
+# Writing and reading a whole training state (every process takes part)
+# ----------------------------------------------------------------------------------------------
+
+
+def write_training_state(
+    output_dir: Path,
+    shared_state: dict[str, Any] | None,
+    process_state: dict[str, Any],
+    *,
+    rank: int,
+    num_processes: int,
+    position: dict[str, Any],
+    value_from_main: Callable[[int], int],
+    any_process: Callable[[bool], bool],
+) -> None:
+    """Write a training state to ``output_dir``, crash-safely, on every process at once.
+
+    ``shared_state`` (given on the first process only, ``None`` elsewhere) goes to the shared
+    file, ``process_state`` to this process's file. ``value_from_main`` and ``any_process``
+    are the trainer's agreements between processes. The first process picks the generation,
+    every process writes its file aside, and the manifest commits the state; if anything
+    fails on any process, the new files are removed and the previous state (if any) stays.
+    """
+    is_main = shared_state is not None
+    # 1. The first process prepares the folder and picks the new generation number.
+    generation, problem = -1, ""
+    if is_main:
+        try:
+            output_dir.mkdir(parents=True, exist_ok=True)
+            generation = next_generation(output_dir)
+        except OSError as error:
+            problem = f"{type(error).__name__}: {error}"
+    generation = value_from_main(generation)
+    if generation < 0:
+        raise CheckpointError(
+            f"Cannot write a training state to {output_dir}: "
+            f"{problem or 'the first process could not create the folder'}"
+        )
+
+    # 2. Every process writes its files aside; nothing is visible without the manifest.
+    written: list[Path] = []
+    failure: BaseException | None = None
+    try:
+        if shared_state is not None:
+            path = output_dir / trainer_file_name(generation)
+            written.append(path)
+            save_tensors(shared_state, path)
+        path = output_dir / rank_file_name(rank, generation)
+        written.append(path)
+        save_tensors(process_state, path)
+    except (OSError, TypeError, RuntimeError) as error:
+        failure = error
+    if any_process(failure is not None):
+        remove_files(written)
+        raise CheckpointError(
+            f"Writing the training state to {output_dir} failed"
+            + (f": {type(failure).__name__}: {failure}" if failure else " on another process")
+            + "; the previous state in that folder (if any) is unchanged"
+        ) from failure
+
+    # 3. The first process commits the manifest, then removes the older generation.
+    ok = 1
+    if is_main:
+        try:
+            files = write_manifest(output_dir, generation, num_processes, position)
+            remove_stale_files(output_dir, keep=set(files))
+        except OSError as error:
+            ok, failure = 0, error
+    if value_from_main(ok) != 1:
+        own_files = [output_dir / name for name in generation_files(output_dir, generation)]
+        remove_files(own_files if is_main else written)
+        raise CheckpointError(
+            f"Committing the training state in {output_dir} failed"
+            + (f": {failure}" if failure else "")
+            + "; the previous state in that folder (if any) is unchanged"
+        ) from failure
+
+
+def read_training_state(
+    state_dir: Path, num_processes: int, rank: int, strict: bool
+) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """The shared state and this process's state of the complete training state in
+    ``state_dir``. A state saved by another number of processes raises (``strict``) or gives
+    no process state, with a warning."""
+    manifest = read_manifest(state_dir)
+    generation = manifest["generation"]
+    shared = safe_load(state_dir / trainer_file_name(generation), "training state")
+    if not isinstance(shared, dict) or shared.get("format") != STATE_FORMAT:
+        raise CheckpointError(f"{state_dir} does not hold a pa_mixins training state")
+    saved_processes = int(manifest["num_processes"])
+    if saved_processes != num_processes:
+        message = (
+            f"The training state {state_dir} was saved by {saved_processes} process(es); this "
+            f"run has {num_processes}. The data position and the per-process random states "
+            "depend on the number of processes: resume with the same number"
+        )
+        if strict:
+            raise CheckpointError(message)
+        warnings.warn(message + "; the random states are not restored", stacklevel=3)
+        return shared, None
+    process = safe_load(state_dir / rank_file_name(rank, generation), "training state")
+    return shared, process

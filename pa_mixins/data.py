@@ -20,6 +20,7 @@ __all__ = [
     "has_length",
     "loader_length",
     "make_dataloader",
+    "resumed_epoch_loader",
 ]
 
 
@@ -191,3 +192,24 @@ class ResumedEpoch:
         self.before_first_batch()
         yield first
         yield from iterator
+
+
+def resumed_epoch_loader(
+    dataloader: Any, skip: int, num_processes: int, before_first_batch: Callable[[], None]
+) -> ResumedEpoch:
+    """``dataloader`` for the epoch a run resumes in, from micro-batch ``skip`` on (see
+    :class:`ResumedEpoch`). The skipped batches are skipped in the sampler when every process
+    drew full batches from it, else loaded and dropped."""
+    sampler_skip = None
+    if isinstance(dataloader, DataLoader):
+        sampler, batch_sampler = find_shuffle_sampler(dataloader)
+        batch_size = getattr(batch_sampler, "batch_size", None)
+        if sampler is not None and batch_size:
+            exact = (
+                num_processes == 1
+                or getattr(batch_sampler, "drop_last", False)
+                or len(sampler) % (num_processes * batch_size) == 0
+            )
+            if exact:
+                sampler_skip = (sampler, skip * num_processes * batch_size)
+    return ResumedEpoch(dataloader, skip, sampler_skip, before_first_batch)

@@ -30,6 +30,10 @@ class StopSignals:
         self.received: str | None = None
         self._previous_handlers: dict[int, Any] = {}
 
+    def clear(self) -> None:
+        """Forget a signal received earlier."""
+        self.received = None
+
     def install(self) -> None:
         """Forget any earlier signal and catch SIGTERM and SIGINT (in the main thread only)."""
         self.received = None

@@ -178,6 +178,24 @@ class LossTracker:
             self.total_loss = self.total_loss + loss_batch_value * batch_size
         self.running_count = self.running_count + batch_size
 
+    def state_dict(self) -> dict[str, Any]:
+        """The running values (tensors stay on their device)."""
+        return {
+            "loss_value": self.loss_value,
+            "total_loss": self.total_loss,
+            "running_count": self.running_count,
+        }
+
+    def load_state_dict(self, state: dict[str, Any], device: Any = None) -> None:
+        """Put back values from :meth:`state_dict`, tensors moved to ``device`` if given."""
+
+        def place(value: Any) -> Any:
+            return value.to(device) if device is not None and torch.is_tensor(value) else value
+
+        self.loss_value = place(state["loss_value"])
+        self.total_loss = place(state["total_loss"])
+        self.running_count = place(state["running_count"])
+
     @property
     def average(self) -> float | torch.Tensor:
         if isinstance(self.running_count, int) and self.running_count == 0:

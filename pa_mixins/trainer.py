@@ -40,18 +40,22 @@ class Trainer(
     AccelerateMixin,
     BaseTrainer,
 ):
-    """The everyday trainer: training loop and evaluation with schedulers, mixed precision
-    and gradient accumulation, on any hardware Accelerate supports.
+    """The everyday trainer: training loop and evaluation with schedulers, mixed precision,
+    gradient accumulation, checkpoints and exact resume, on any hardware Accelerate supports.
 
     ``Trainer(model, loss_func, optimizer, callbacks=DEFAULT_CALLBACKS, run_history=None,
-    *, mixed_precision=None, accelerator_kwargs=None)``
+    *, mixed_precision=None, accelerator_kwargs=None, process_group_timeout=1800)``
     """
+
+    default_callbacks = DEFAULT_CALLBACKS
 
 
 class MinimalTrainer(EvaluationMixin, TrainingLoopMixin, AccelerateMixin, BaseTrainer):
     """The smallest complete trainer: the training loop, evaluation and the Accelerate
-    adapter. No accumulation, scheduler or mixed-precision option (a launch configured for
-    mixed precision still applies)."""
+    adapter. No accumulation, scheduler, mixed-precision option or checkpointing (a launch
+    configured for mixed precision still applies)."""
+
+    default_callbacks = DEFAULT_CALLBACKS
 
 
 class TrainerWithTimmScheduler(TimmSchedulerMixin, Trainer):

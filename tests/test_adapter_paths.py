@@ -4,6 +4,7 @@ full Accelerate path and as a hand-written Accelerate loop."""
 from __future__ import annotations
 
 import functools
+from typing import Any
 
 import torch
 from accelerate import Accelerator
@@ -20,9 +21,9 @@ class FullAccelerateTrainer(Trainer):
     """Forces every Accelerate wrapper: prepared loaders, AcceleratedOptimizer,
     Accelerator.backward and Accelerator's clipping."""
 
-    def _start_hardware_run(self) -> None:
-        super()._start_hardware_run()
-        self._engine_owns_optimizer = True
+    @staticmethod
+    def _uses_accelerate_wrappers(acc: Any) -> bool:
+        return True
 
 
 def _train(trainer_cls: type[Trainer]) -> tuple[Trainer, list[torch.Tensor]]:

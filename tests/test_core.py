@@ -18,7 +18,6 @@ from pa_mixins.base import BaseTrainer
 from pa_mixins.callbacks import (
     DEFAULT_CALLBACKS,
     CallbackHandler,
-    LimitBatchesCallback,
     LogMetricsCallback,
     MoveModulesToDeviceCallback,
     PrintProgressCallback,
@@ -36,7 +35,7 @@ from pa_mixins.mixins import (
     SchedulerMixin,
     TrainingLoopMixin,
 )
-from pa_mixins.utils import LIMIT_BATCHES_ENV_VAR, DataLoaderSlice, LimitBatches
+from pa_mixins.utils import LIMIT_BATCHES_ENV_VAR, LimitBatches
 from tests.conftest import REPO_ROOT, make_model, make_regression_data, weights
 
 PACKAGE = pathlib.Path(REPO_ROOT) / "pa_mixins"
@@ -354,17 +353,20 @@ def test_limit_batches_environment_variable_limits_every_epoch(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     steps: list[int] = []
+    eval_steps: list[int] = []
 
     class CountSteps(TrainerCallback):
         def on_train_step_end(self, trainer: Any, step: int, **kwargs: Any) -> None:
             steps.append(step)
+
+        def on_eval_step_end(self, trainer: Any, **kwargs: Any) -> None:
+            eval_steps.append(1)
 
     model = make_model()
     with LimitBatches(2):
         assert LIMIT_BATCHES_ENV_VAR in __import__("os").environ
         trainer = Trainer(model, nn.MSELoss(), _sgd(model), callbacks=[CountSteps()])
     assert LIMIT_BATCHES_ENV_VAR not in __import__("os").environ
-    assert isinstance(trainer.callback_handler.callbacks[0], LimitBatchesCallback)
     trainer.train(
         train_dataset=make_regression_data(40),
         eval_dataset=make_regression_data(40),
@@ -372,9 +374,7 @@ def test_limit_batches_environment_variable_limits_every_epoch(
         per_device_batch_size=4,
     )
     assert steps == [0, 1, 0, 1]
-    assert (
-        isinstance(trainer._eval_dataloader, DataLoaderSlice) and len(trainer._eval_dataloader) == 2
-    )
+    assert len(eval_steps) == 4  # 2 batches in each epoch's evaluation
 
     monkeypatch.setenv(LIMIT_BATCHES_ENV_VAR, "zero")
     with pytest.raises(ValueError, match=LIMIT_BATCHES_ENV_VAR):

@@ -108,7 +108,7 @@ class SaveTrainingStateCallback(TrainerCallback):
         """After a state is complete on disk: delete the oldest beyond ``max_checkpoints``."""
         if self.max_checkpoints is None or Path(output_dir).parent != self.save_dir:
             return
-        if not getattr(trainer, "is_world_process_zero", True):
+        if not trainer.is_world_process_zero:
             return
         own = [
             path

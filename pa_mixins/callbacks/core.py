@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
@@ -24,8 +25,9 @@ class StopTrainingError(Exception):
     """
 
 
-class CallbackMethodNotImplementedError(Exception):
-    """Raised internally when a callback does not handle an event; the handler skips it."""
+class CallbackMethodNotImplementedError(AttributeError):
+    """Raised internally when a callback does not handle an event; the handler skips it. An
+    ``AttributeError``, so ``getattr(callback, name, default)`` and ``hasattr`` keep working."""
 
 
 class TrainerCallback:
@@ -134,6 +136,9 @@ class CallbackHandler:
         # events per step, most of which no callback overrides)
         self._handlers: dict[str, list[Any]] = {}
         self._handlers_built_for: list[Any] = []
+        #: callback states loaded from a training state, given back after the next
+        #: ``on_training_run_start`` (so that a reset there does not undo them)
+        self._pending_states: dict[str, Any] = {}
         self.add_callbacks(callbacks)
 
     def add_callbacks(self, callbacks: Iterable[Any]) -> None:
@@ -173,6 +178,38 @@ class CallbackHandler:
         """Call ``event`` on every callback that handles it, in order."""
         for callback in self._handlers_of(event):
             getattr(callback, event)(*args, **kwargs)
+        if self._pending_states and event == "on_training_run_start":
+            self._apply_pending_states()
+
+    def state_dict(self) -> dict[str, Any]:
+        """The state of every callback that has ``state_dict()``, by class name."""
+        states = {}
+        for callback in self.callbacks:
+            state_dict = getattr(callback, "state_dict", None)
+            if callable(state_dict):
+                states[type(callback).__name__] = state_dict()
+        return states
+
+    def load_state_dict(self, states: dict[str, Any]) -> None:
+        """Give each callback with ``load_state_dict()`` its state from ``states`` (as
+        :meth:`state_dict` wrote it) right after the next ``on_training_run_start`` event, so
+        that a reset there does not undo it. States of callbacks not present are ignored with
+        a warning."""
+        self._pending_states = dict(states)
+
+    def _apply_pending_states(self) -> None:
+        states, self._pending_states = self._pending_states, {}
+        for callback in self.callbacks:
+            name = type(callback).__name__
+            load = getattr(callback, "load_state_dict", None)
+            if name in states and callable(load):
+                load(states.pop(name))
+        for name in states:
+            warnings.warn(
+                f"The training state holds the state of a {name} callback, which this run does "
+                "not have: it is ignored",
+                stacklevel=3,
+            )
 
     def call_event_holding_stop(
         self, event: str, *args: Any, **kwargs: Any

@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from pa_mixins.callbacks.core import StopTrainingError, TrainerCallback
+from pa_mixins.data import loader_length
 
 INTERMEDIATE_EVAL_LOSS = "intermediate_eval_loss"
 
@@ -69,14 +70,10 @@ class ProgressBarCallback(TrainerCallback):
         self.eval_pbar: Any = None
 
     @staticmethod
-    def _open(trainer: BaseTrainer, dataloader: Any, desc: str) -> Any:
+    def _open(trainer: BaseTrainer, total: int | None, desc: str) -> Any:
         from tqdm.auto import tqdm  # tqdm comes with accelerate (through huggingface_hub)
 
-        try:
-            total = len(dataloader)
-        except TypeError:
-            total = None
-        disable = not getattr(trainer, "is_local_process_zero", True)
+        disable = not trainer.is_local_process_zero
         return tqdm(total=total, desc=desc, disable=disable, leave=False)
 
     @staticmethod
@@ -86,7 +83,7 @@ class ProgressBarCallback(TrainerCallback):
 
     def on_train_epoch_start(self, trainer: BaseTrainer, **kwargs: Any) -> None:
         self._close(self.pbar)
-        self.pbar = self._open(trainer, trainer._train_dataloader, "train")
+        self.pbar = self._open(trainer, trainer.batches_in_epoch, "train")
 
     def on_train_step_end(
         self, trainer: BaseTrainer, batch: Any, batch_output: dict[str, Any], **kwargs: Any
@@ -100,7 +97,7 @@ class ProgressBarCallback(TrainerCallback):
 
     def on_eval_epoch_start(self, trainer: BaseTrainer, **kwargs: Any) -> None:
         self._close(self.eval_pbar)
-        self.eval_pbar = self._open(trainer, trainer._eval_dataloader, "eval")
+        self.eval_pbar = self._open(trainer, loader_length(trainer.eval_dataloader), "eval")
 
     def on_eval_step_end(
         self, trainer: BaseTrainer, batch: Any, batch_output: dict[str, Any], **kwargs: Any

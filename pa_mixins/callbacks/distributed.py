@@ -44,7 +44,8 @@ class ConvertSyncBatchNormCallback(TrainerCallback):
                 stacklevel=2,
             )
             return
-        trainer.model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(trainer.model)
+        # Converts the layers in place (the prepared model stays the same object).
+        torch.nn.SyncBatchNorm.convert_sync_batchnorm(trainer.model)
 
 
 def _privateuse1() -> str:

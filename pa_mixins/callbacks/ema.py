@@ -155,28 +155,21 @@ class ModelEmaCallback(SaveBestModelCallback):
         ):
             return
         trainer.print("\nEvaluating the EMA model")
-        model = trainer.model
-        handler = trainer.callback_handler
-        history = trainer.run_history
-        prefix = history.metric_name_prefix
         rng = capture_rng_state()
         try:
-            trainer.model = self.ema_model.module
-            trainer.callback_handler = self.callback_handler
-            history.set_metric_name_prefix(prefix + self._track_prefix)
-            trainer._run_eval_epoch(trainer._eval_dataloader)
+            trainer.run_evaluation_epoch(  # type: ignore[attr-defined]
+                is_intermediate=False,
+                model=self.ema_model.module,
+                callback_handler=self.callback_handler,
+                metric_prefix=self._track_prefix,
+            )
         finally:
-            history.set_metric_name_prefix(prefix)
-            trainer.callback_handler = handler
-            trainer.model = model
             restore_rng_state(rng)
 
     def on_training_run_epoch_end(self, trainer: BaseTrainer, **kwargs: Any) -> None:
         if self.ema_model is None:
             return
-        model = trainer.model
-        try:
-            trainer.model = self.ema_model.module
+        with trainer.substitute(model=self.ema_model.module):
             if self.evaluate_during_training and trainer.eval_dataset is not None:
                 super().on_training_run_epoch_end(trainer)
             else:
@@ -186,8 +179,6 @@ class ModelEmaCallback(SaveBestModelCallback):
                     save_optimizer=False,
                     save_scheduler=False,
                 )
-        finally:
-            trainer.model = model
 
     def on_training_run_end(self, trainer: BaseTrainer, **kwargs: Any) -> None:
         """The EMA weights are not loaded into the model (see the class docstring)."""

@@ -72,13 +72,13 @@ class StepBasedEvaluationCallback(TrainerCallback):
     def on_optimizer_step_end(
         self, trainer: BaseTrainer, num_updates: int = 0, **kwargs: Any
     ) -> None:
-        if num_updates % self.eval_every_n_steps != 0 or trainer._eval_dataloader is None:
+        if num_updates % self.eval_every_n_steps != 0 or trainer.eval_dataset is None:
             return
         model = trainer.model
         modes = [(module, module.training) for module in model.modules()]
         rng = capture_rng_state()
         try:
-            trainer._run_eval_epoch(trainer._eval_dataloader, is_intermediate=True)
+            trainer.run_evaluation_epoch(is_intermediate=True)  # type: ignore[attr-defined]
         finally:
             restore_rng_state(rng)
             for module, training in modes:
@@ -123,7 +123,5 @@ class LimitEvalStepsCallback(TrainerCallback):
         or ``None`` when this epoch is not limited."""
         if self.limit_intermediate_only and not is_intermediate:
             return None
-        num_processes = int(getattr(trainer, "num_processes", 1))
-        process_index = int(getattr(trainer, "process_index", 0))
-        share, extra = divmod(self.num_eval_steps, num_processes)
-        return share + (1 if process_index < extra else 0)
+        share, extra = divmod(self.num_eval_steps, trainer.num_processes)
+        return share + (1 if trainer.process_index < extra else 0)

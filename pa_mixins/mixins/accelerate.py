@@ -219,17 +219,22 @@ class AccelerateMixin(BaseTrainer):
                 f"{WORKING_CPU_LAUNCHES}."
             )
 
-    def _start_hardware_run(self) -> None:
+    @override
+    def start_hardware_run(self) -> None:
         """Begin a run on a fresh ``Accelerator`` (called at the start of train/evaluate)."""
         if self._accelerator is not None:
             self._accelerator.free_memory()
         self._accelerator = self._create_accelerator()
         acc = self._accelerator
-        self._engine_owns_optimizer = (
-            acc.distributed_type in _ENGINES_OWNING_THE_OPTIMIZER or acc.scaler is not None
-        )
+        self._engine_owns_optimizer = self._uses_accelerate_wrappers(acc)
         self._defer_stops = acc.num_processes > 1
         self._deferred_stop = None
+
+    @staticmethod
+    def _uses_accelerate_wrappers(acc: Accelerator) -> bool:
+        """Whether the run needs Accelerate's optimizer wrapper and ``Accelerator.backward``:
+        with a gradient scaler (fp16) or an engine that owns the optimizer."""
+        return acc.distributed_type in _ENGINES_OWNING_THE_OPTIMIZER or acc.scaler is not None
 
     # -- preparation ------------------------------------------------------------------------
 
@@ -247,8 +252,11 @@ class AccelerateMixin(BaseTrainer):
         self._set_even_batches(prepared, even_batches)
         return prepared
 
-    def _prepare_model_optimizer_and_dataloaders(self) -> None:
-        """Prepare the model, the optimizer and the loaders for this run's hardware.
+    @override
+    def prepare_for_hardware(
+        self, model: nn.Module, optimizer: Any, train_dataloader: Any, eval_dataloader: Any
+    ) -> tuple[nn.Module, Any, Any, Any]:
+        """The model, the optimizer and the loaders prepared for this run's hardware.
 
         Training loaders use ``even_batches=True`` (every process gets the same number of
         batches; the last one is completed from the start of the data), evaluation loaders
@@ -257,19 +265,23 @@ class AccelerateMixin(BaseTrainer):
         acc = self.accelerator
         if self._engine_owns_optimizer:
             # Engines (DeepSpeed needs the loaders to infer its batch size) prepare all at once.
-            names = ("model", "optimizer", "_train_dataloader", "_eval_dataloader")
-            present = [name for name in names if getattr(self, name) is not None]
-            prepared = acc.prepare(*(getattr(self, name) for name in present))
-            for name, obj in zip(present, prepared if len(present) > 1 else [prepared]):
-                setattr(self, name, obj)
-            self._set_even_batches(self._eval_dataloader, False)
-            return
-        self.model = acc.prepare_model(self.model)
-        if self.optimizer is not None and self.optimizer.state and acc.device.type != "cpu":
+            objects = [model, optimizer, train_dataloader, eval_dataloader]
+            present = [i for i, obj in enumerate(objects) if obj is not None]
+            prepared = acc.prepare(*(objects[i] for i in present))
+            for i, obj in zip(present, prepared if len(present) > 1 else [prepared]):
+                objects[i] = obj
+            self._set_even_batches(objects[3], False)
+            return objects[0], objects[1], objects[2], objects[3]
+        model = acc.prepare_model(model)
+        if optimizer is not None and optimizer.state and acc.device.type != "cpu":
             # Move existing optimizer state (e.g. loaded from a checkpoint) next to the params.
-            self.optimizer.load_state_dict(self.optimizer.state_dict())
-        self._train_dataloader = self._prepare_dataloader(self._train_dataloader, even_batches=True)
-        self._eval_dataloader = self._prepare_dataloader(self._eval_dataloader, even_batches=False)
+            optimizer.load_state_dict(optimizer.state_dict())
+        return (
+            model,
+            optimizer,
+            self._prepare_dataloader(train_dataloader, even_batches=True),
+            self._prepare_dataloader(eval_dataloader, even_batches=False),
+        )
 
     # -- the hardware interface used by the other mixins --------------------------------------
 
@@ -283,30 +295,33 @@ class AccelerateMixin(BaseTrainer):
         self.accelerator.print(*args, **kwargs)
 
     @property
+    @override
     def is_local_process_zero(self) -> bool:
-        """Whether this is the first process of its machine."""
         return self.accelerator.is_local_main_process
 
     @property
+    @override
     def is_world_process_zero(self) -> bool:
-        """Whether this is the first process of the whole run."""
         return self.accelerator.is_main_process
 
     @property
+    @override
     def num_processes(self) -> int:
         return self.accelerator.num_processes
 
     @property
+    @override
     def process_index(self) -> int:
         return self.accelerator.process_index
 
     @property
+    @override
     def is_distributed(self) -> bool:
         return self.accelerator.distributed_type != DistributedType.NO
 
     @property
+    @override
     def mixed_precision(self) -> str:
-        """The mixed precision in force: ``"no"``, ``"fp16"``, ``"bf16"`` or ``"fp8"``."""
         return str(self.accelerator.mixed_precision)
 
     @override
@@ -328,13 +343,20 @@ class AccelerateMixin(BaseTrainer):
             return tensor
         return self.accelerator.reduce(tensor.clone(), reduction="sum")
 
+    @override
     def broadcast_from_main(self, tensor: torch.Tensor) -> torch.Tensor:
-        """``tensor`` as the first process has it, on every process."""
         if self.accelerator.num_processes == 1:
             return tensor
         from accelerate.utils import broadcast
 
         return broadcast(tensor.to(self.device), from_process=0)
+
+    @override
+    def any_process(self, flag: bool) -> bool:
+        if self.accelerator.num_processes == 1:
+            return flag
+        total = self.reduce_sum(torch.tensor([1.0 if flag else 0.0], device=self.device))
+        return bool(total.item() > 0)
 
     @override
     def wait_for_everyone(self) -> None:
@@ -373,7 +395,7 @@ class AccelerateMixin(BaseTrainer):
         return self.model.parameters()
 
     @override
-    def clip_gradients(self, clip_value: float | None, clip_norm: float | None) -> None:
+    def unscale_and_clip_gradients(self, clip_value: float | None, clip_norm: float | None) -> None:
         acc = self.accelerator
         if clip_value is not None and clip_norm is not None:
             acc.unscale_gradients()
@@ -384,34 +406,43 @@ class AccelerateMixin(BaseTrainer):
         elif clip_norm is not None:
             acc.clip_grad_norm_(self._parameters(), clip_norm)
 
-    # -- checkpointing support (used by CheckpointMixin) --------------------------------------
+    # -- run state: the grad scaler -------------------------------------------------------------
 
-    @override
-    def _grad_scaler_state(self) -> dict[str, Any] | None:
-        scaler = self.accelerator.scaler
-        return None if scaler is None else dict(scaler.state_dict())
-
-    @override
-    def _load_grad_scaler_state(self, state: dict[str, Any] | None) -> None:
-        scaler = self.accelerator.scaler
-        if scaler is not None and state is not None:
-            scaler.load_state_dict(state)
-
-    @override
-    def _sharded_engine_name(self) -> str | None:
+    def _refuse_sharded_engine(self) -> None:
         distributed_type = self.accelerator.distributed_type
         sharded = {DistributedType.DEEPSPEED, DistributedType.FSDP, DistributedType.MEGATRON_LM}
-        return str(distributed_type) if distributed_type in sharded else None
+        if distributed_type in sharded:
+            raise NotImplementedError(
+                f"Training states of {distributed_type} runs (sharded model or optimizer) are "
+                "not supported yet"
+            )
+
+    @override
+    def training_state_dict(self) -> dict[str, Any]:
+        """Adds ``grad_scaler``: the fp16 gradient scaler's state (``None`` without one)."""
+        self._refuse_sharded_engine()
+        state = super().training_state_dict()
+        scaler = self.accelerator.scaler
+        state["grad_scaler"] = None if scaler is None else dict(scaler.state_dict())
+        return state
+
+    @override
+    def load_training_state_dict(self, state: dict[str, Any], resume: bool = True) -> None:
+        self._refuse_sharded_engine()
+        super().load_training_state_dict(state, resume)
+        scaler = self.accelerator.scaler
+        if scaler is not None and state.get("grad_scaler") is not None:
+            scaler.load_state_dict(state["grad_scaler"])
 
     # -- distributed support ------------------------------------------------------------------
     # Agreement on stopping, evaluation without collectives, exact gathers. On one process
     # every method below returns at once.
 
     @override
-    def _call_loop_event(self, event: str, **kwargs: Any) -> None:
+    def call_loop_event(self, event: str, **kwargs: Any) -> None:
         """Fire a loop event. On several processes every callback still receives it on this
         process, and a :class:`StopTrainingError` raised by one is held until the next
-        :meth:`_agree_on_stop`, so this process keeps taking part in the collectives (DDP's
+        :meth:`agree_on_stop`, so this process keeps taking part in the collectives (DDP's
         gradient all-reduce) that the others are running. Not meant to be overridden."""
         if not self._defer_stops:
             self.callback_handler.call_event(event, self, **kwargs)
@@ -421,7 +452,7 @@ class AccelerateMixin(BaseTrainer):
             self._deferred_stop = error
 
     @override
-    def _agree_on_stop(self) -> None:
+    def agree_on_stop(self) -> None:
         """On several processes: one all-reduce of a flag on a CPU (gloo) group, which never
         waits for a GPU. If any process holds a stop, every process raises a
         :class:`StopTrainingError` here: the error (same class, message and attributes) that
@@ -469,7 +500,7 @@ class AccelerateMixin(BaseTrainer):
                 work.wait()
 
     @override
-    def _model_for_evaluation(self) -> nn.Module:
+    def model_for_evaluation(self) -> nn.Module:
         """The module inside a DDP wrapper (its forward pass runs no collective, so processes
         with different numbers of evaluation batches, or none, cannot hang), after its
         buffers (e.g. BatchNorm running statistics) are made equal to the first process's,
@@ -492,7 +523,8 @@ class AccelerateMixin(BaseTrainer):
             self._broadcast_buffers_from_main(self.model)
         super().training_run_end()
 
-    def _prepare_unsharded_dataloader(self, dataloader: Any) -> Any:
+    @override
+    def place_dataloader_on_device(self, dataloader: Any) -> Any:
         """``dataloader`` with its batches placed on this process's device, not sharded
         (each process iterates all of it)."""
         acc = self.accelerator
@@ -503,7 +535,7 @@ class AccelerateMixin(BaseTrainer):
         )
 
     @override
-    def _gather_exact(self, data: Any, num_rows: int) -> Any:
+    def gather_in_order(self, data: Any, num_rows: int) -> Any:
         acc = self.accelerator
         if acc.num_processes == 1:
             return data

@@ -19,7 +19,7 @@ from torch.utils.data import IterableDataset, Subset
 from typing_extensions import override
 
 from pa_mixins.base import BaseTrainer, BatchOutput
-from pa_mixins.callbacks.core import StopTrainingError
+from pa_mixins.callbacks.core import CallbackHandler, StopTrainingError
 from pa_mixins.checks import check_batch_output, require_positive_int
 from pa_mixins.data import default_dataloader_kwargs, make_dataloader
 from pa_mixins.tracking import LossTracker
@@ -89,17 +89,10 @@ class EvaluationMixin(BaseTrainer):
         if dataset is None:
             raise ValueError("evaluate() needs a dataset")
         require_positive_int("per_device_batch_size", per_device_batch_size)
-        self.eval_dataset = dataset
-        self.collate_fn = collate_fn
         self.run_history.reset()
-        self._start_hardware_run()
-        self._train_dataloader = None
-        self._train_dl_kwargs = None
-        self._eval_dataloader = self.create_eval_dataloader(
-            batch_size=per_device_batch_size, eval_dl_kwargs=dataloader_kwargs
-        )
-        self._prepare_model_optimizer_and_dataloaders()
-        self.run_config = self._create_run_config(
+        self._begin_run(None, dataset, collate_fn)
+        self._create_dataloaders(per_device_batch_size, eval_dl_kwargs=dataloader_kwargs)
+        self._start_run_config(
             per_device_batch_size=per_device_batch_size,
             num_epochs=1,
             gradient_accumulation_steps=1,
@@ -148,12 +141,8 @@ class EvaluationMixin(BaseTrainer):
                 "and shuffle from dataloader_kwargs (pass a torch.utils.data.Subset to predict "
                 "part of a dataset)"
             )
-        self._start_hardware_run()
-        indices, num_rows = _shard(
-            len(dataset),
-            int(getattr(self, "num_processes", 1)),
-            int(getattr(self, "process_index", 0)),
-        )
+        self.start_hardware_run()
+        indices, num_rows = _shard(len(dataset), self.num_processes, self.process_index)
         dataloader, _ = make_dataloader(
             Subset(dataset, indices),
             self.get_default_eval_dl_kwargs(per_device_batch_size),
@@ -161,26 +150,17 @@ class EvaluationMixin(BaseTrainer):
             collate_fn,
             shuffle_seed=None,
         )
-        loaders = self._train_dataloader, self._eval_dataloader
-        self._train_dataloader = self._eval_dataloader = None
+        self._prepare_model_optimizer_and_dataloaders(include_dataloaders=False)
         try:
-            self._prepare_model_optimizer_and_dataloaders()
-        finally:
-            self._train_dataloader, self._eval_dataloader = loaders
-        prepared = self.model
-        self.model = self._model_for_evaluation()
-        try:
-            self.model.eval()
-            with torch.no_grad():
+            with self.substitute(model=self.model_for_evaluation()), torch.no_grad():
+                self.model.eval()
                 outputs = [
                     self.calculate_batch_predictions(batch)
-                    for batch in self._prepare_unsharded_dataloader(dataloader)
+                    for batch in self.place_dataloader_on_device(dataloader)
                 ]
-            predictions = self._gather_exact(_concatenate(outputs), num_rows)
+            return self.gather_in_order(_concatenate(outputs), num_rows)
         finally:
-            self.model = prepared
-            self.model = self.get_model()
-        return predictions
+            self._unwrap_model()
 
     def calculate_batch_predictions(self, batch: Any) -> Any:
         """The model outputs for one batch of :meth:`predict` (gradients are off, the model is
@@ -220,7 +200,35 @@ class EvaluationMixin(BaseTrainer):
         )
         return dataloader
 
-    @override
+    def run_evaluation_epoch(
+        self,
+        *,
+        is_intermediate: bool = True,
+        model: torch.nn.Module | None = None,
+        callback_handler: CallbackHandler | None = None,
+        metric_prefix: str = "",
+    ) -> None:
+        """Evaluate the evaluation set now, from inside ``train()`` (for callbacks such as
+        :class:`~pa_mixins.callbacks.StepBasedEvaluationCallback` and the EMA callback).
+
+        :param is_intermediate: whether it runs inside a training epoch (the loss is recorded
+            as ``intermediate_eval_loss``, the events get ``is_intermediate=True``).
+        :param model: evaluate this model instead of ``self.model`` (the hooks see it as
+            ``self.model``).
+        :param callback_handler: fire the evaluation's events on these callbacks instead.
+        :param metric_prefix: prepended to the names of the metrics it records.
+        """
+        if self._eval_dataloader is None:
+            raise ValueError("run_evaluation_epoch() needs an evaluation set: train() got none")
+        history = self.run_history
+        prefix = history.metric_name_prefix
+        history.set_metric_name_prefix(prefix + metric_prefix)
+        try:
+            with self.substitute(model=model, callback_handler=callback_handler):
+                self._run_eval_epoch(self._eval_dataloader, is_intermediate=is_intermediate)
+        finally:
+            history.set_metric_name_prefix(prefix)
+
     def _run_eval_epoch(
         self, valid_dl: Any, is_training: bool = True, is_intermediate: bool = False
     ) -> None:
@@ -228,37 +236,37 @@ class EvaluationMixin(BaseTrainer):
         without gradients; records ``eval_loss_epoch`` (``intermediate_eval_loss`` inside a
         training epoch, ``evaluation_loss`` in ``evaluate()``)."""
         model = self.model
-        self.model = self._model_for_evaluation()
+        module = self.model_for_evaluation()
         try:
-            self._run_eval_batches(valid_dl, is_training, is_intermediate)
+            with self.substitute(model=module):
+                self._run_eval_batches(valid_dl, is_training, is_intermediate)
         finally:
-            if self.model is not model and isinstance(self.model, torch.nn.Module):
-                model.train(self.model.training)  # the wrapper follows the module's mode
-            self.model = model
+            if module is not model:
+                model.train(module.training)  # the wrapper follows the module's mode
 
     def _run_eval_batches(self, valid_dl: Any, is_training: bool, is_intermediate: bool) -> None:
         tracker = self._eval_loss_tracker
         self.eval_epoch_start()
         tracker.reset()
-        self._call_loop_event("on_eval_epoch_start", is_intermediate=is_intermediate)
+        self.call_loop_event("on_eval_epoch_start", is_intermediate=is_intermediate)
         limit = self.get_eval_batch_limit(is_training=is_training, is_intermediate=is_intermediate)
         batches = valid_dl if limit is None else islice(valid_dl, limit)
         with torch.no_grad():
             for batch in batches:
-                self._call_loop_event("on_eval_step_start")
+                self.call_loop_event("on_eval_step_start")
                 batch_output = self.calculate_eval_batch_loss(batch)
                 check_batch_output(batch_output, "calculate_eval_batch_loss")
                 tracker.update(batch_output["loss"], batch_output["batch_size"])
-                self._call_loop_event("on_eval_step_end", batch_output=batch_output, batch=batch)
-        self._agree_on_stop()
+                self.call_loop_event("on_eval_step_end", batch_output=batch_output, batch=batch)
+        self.agree_on_stop()
         self.eval_epoch_end()
         if is_intermediate:
             name = "intermediate_eval_loss"
         else:
             name = "eval_loss_epoch" if is_training else "evaluation_loss"
         self._add_epoch_loss_to_run_history(name, tracker)
-        self._call_loop_event("on_eval_epoch_end", is_intermediate=is_intermediate)
-        self._agree_on_stop()
+        self.call_loop_event("on_eval_epoch_end", is_intermediate=is_intermediate)
+        self.agree_on_stop()
 
     def get_eval_batch_limit(self, is_training: bool, is_intermediate: bool) -> int | None:
         """The most batches this process runs in the evaluation epoch that is starting, or
@@ -276,7 +284,7 @@ class EvaluationMixin(BaseTrainer):
             ``evaluate()``).
         :param is_intermediate: whether it runs inside a training epoch.
         """
-        limits = []
+        limits = [] if self._env_batch_limit is None else [self._env_batch_limit]
         for callback in self.callback_handler:
             ask = getattr(callback, "eval_batch_limit", None)
             if not callable(ask):
@@ -309,9 +317,3 @@ class EvaluationMixin(BaseTrainer):
         """End of each evaluation epoch, before its loss is recorded. Extend with
         ``super().eval_epoch_end()`` called last."""
 
-    @override
-    def evaluation_run_end(self) -> None:
-        """End of ``evaluate()``: removes the wrappers from ``self.model``. Extend with
-        ``super().evaluation_run_end()`` called last."""
-        self.model = self.get_model()
-        super().evaluation_run_end()

@@ -1,35 +1,41 @@
 """``TrainingLoopMixin``: ``train()``, its epochs, steps and optimizer updates.
 
-The loop, with the hook (trainer method) before the callback event of the same name::
+The loop, with each hook (trainer method) before the callback event of the same name, and
+the public seams (``setup_scheduler``, ``is_update_step``, ...; see docs/mixins.md) where the
+mixins plug in::
 
     train(...):
         check arguments; reset the run history (unless told not to)
-        start the hardware run (fresh Accelerator); seed
-        create_train_dataloader / create_eval_dataloader
-        _prepare_model_optimizer_and_dataloaders; _create_run_config
-        _setup_scheduler; _restore_training_state          # seams for the mixins
+        _begin_run (fresh Accelerator); seed
+        create_train_dataloader / create_eval_dataloader; prepare for the hardware
+        run config; setup_scheduler(create_scheduler_fn); resume_run(resume_from)
         _run_training()
 
-    _run_training():
+    _run_training(), inside training_run_context():
         training_run_start; on_training_run_start
         for each epoch:
             _run_train_epoch:
-                train_epoch_start; on_train_epoch_start
-                for step, batch in train loader:
+                train_epoch_start; on_train_epoch_start; at_safe_point("epoch_start")
+                for step, batch in train loader (get_train_batch_limit batches at most):
                     on_train_step_start
                     calculate_train_batch_loss
                     on_train_step_end(batch, batch_output, step)     # before backward
-                    backward_step
-                    at an update (every micro-batch without accumulation):
-                        gradients finished (accumulation scaling, unscale, clipping)
-                        optimizer_step; scheduler_step (if a scheduler and the step ran)
+                    backward_step(loss_for_backward(batch_output))
+                    if is_update_step(step):
+                        before_optimizer_step            # accumulation scaling, clipping
+                        optimizer_step; after_optimizer_step  # the scheduler steps here
                         optimizer_zero_grad
-                        on_optimizer_step_end(num_updates)
+                        on_optimizer_step_end(num_updates); at_safe_point("update")
+                    else:
+                        at_safe_point("micro_batch")
+                if has_pending_update: the update        # an open accumulation group
                 train_epoch_end; record train_loss_epoch; on_train_epoch_end
+                at_safe_point("train_done")
             _run_eval_epoch (if an eval set):
                 eval_epoch_start; on_eval_epoch_start
                 per batch: on_eval_step_start; calculate_eval_batch_loss; on_eval_step_end
                 eval_epoch_end; record eval_loss_epoch; on_eval_epoch_end
+            at_safe_point("eval_done")
             training_run_epoch_end; on_training_run_epoch_end; the epoch counter moves on
         training_run_end; on_training_run_end
 
@@ -37,50 +43,104 @@ A ``StopTrainingError`` raised anywhere in an epoch is printed, fires
 ``on_stop_training_error`` (with ``error``, the exception) and ends the epoch loop; the
 end-of-run hooks still run.
 
-On several processes, the callback events of the loop go through ``_call_loop_event``, which
-holds a ``StopTrainingError`` raised on one process until the next ``_agree_on_stop``: before
+On several processes, the callback events of the loop go through ``call_loop_event``, which
+holds a ``StopTrainingError`` raised on one process until the next ``agree_on_stop``: before
 each optimizer update (after the backward pass, so the update is not applied), at the end of
 the epoch's batches and after the epoch-level events. There every process raises it, so all
 stop at the same point (see docs/scale_out.md). On one process both are plain calls.
 
-The loop never reads a value from the device during an epoch: losses are summed on the
-device and read once when the epoch's mean is recorded.
+The loop owns the run's position (epoch, micro-batch, updates), its random generators and
+the epoch's running loss; it contributes them to training states and, when a run resumes,
+continues from the saved micro-batch with the same data order and random numbers. It never
+reads a value from the device during an epoch: losses are summed on the device and read once
+when the epoch's mean is recorded.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from itertools import islice
 from typing import Any
 
 import torch
+from typing_extensions import override
 
-from pa_mixins.base import BaseTrainer, BatchOutput
+from pa_mixins.base import BaseTrainer, BatchOutput, SafePoint
 from pa_mixins.callbacks.core import StopTrainingError
+from pa_mixins.checkpoint_format import CheckpointError, state_position
 from pa_mixins.checks import check_batch_output, require_positive_int, require_positive_number
 from pa_mixins.data import (
     default_dataloader_kwargs,
     find_shuffle_sampler,
     has_length,
+    loader_length,
     make_dataloader,
+    resumed_epoch_loader,
 )
-from pa_mixins.seeding import draw_seed, seed_everything, use_deterministic_algorithms
+from pa_mixins.seeding import (
+    capture_rng_state,
+    draw_seed,
+    restore_rng_state,
+    seed_everything,
+    use_deterministic_algorithms,
+)
+from pa_mixins.tracking import LossTracker
 
 __all__ = ["TrainingLoopMixin"]
 
-
 class TrainingLoopMixin(BaseTrainer):
-    """Adds :meth:`train` and the training hooks. Needs ``AccelerateMixin`` and, to evaluate
-    during training, ``EvaluationMixin``."""
+    """Adds :meth:`train` and the training hooks.
+
+    Owns the run's position (:attr:`num_updates`, :attr:`epochs_completed`, the micro-batch),
+    its random generators and the epoch's running loss (state keys ``"loop"`` and, per
+    process, ``"loop"``). Needs ``AccelerateMixin``; to evaluate during training,
+    ``EvaluationMixin``.
+    """
+
+    requires = ("AccelerateMixin",)
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self._loss_tracker = LossTracker()
+        self._user_max_steps: int | None = None
+        self._shuffle_seed: int | None = None
+        self._reset_position()
+        super().__init__(*args, **kwargs)
+
+    def _reset_position(self) -> None:
         self._num_updates = 0
         self._run_epoch = 0
         self._max_steps_reached = False
-        self._shuffle_seed: int | None = None
+        #: where the loop stands: "epoch_start", "train", "train_done", "eval_done", "ended"
+        self._phase = "epoch_start"
+        self._next_step = 0
         #: index of the first micro-batch of the next epoch (> 0 when resuming mid-epoch)
         self._first_step_of_epoch = 0
-        self._user_max_steps: int | None = None
-        super().__init__(*args, **kwargs)
+        self._resume_phase: str | None = None
+        self._pending_rng: dict[str, Any] | None = None
+        self._pending_loss: dict[str, Any] | None = None
+
+    @override
+    def reset_run_state(self) -> None:
+        super().reset_run_state()
+        self._reset_position()
+
+    @property
+    @override
+    def num_updates(self) -> int:
+        return self._num_updates
+
+    @property
+    @override
+    def run_position(self) -> dict[str, Any]:
+        next_step = self._next_step if self._phase == "train" else 0
+        return state_position(
+            self._phase, self._run_epoch, next_step, self._num_updates, self._max_steps_reached
+        )
+
+    @property
+    def epochs_completed(self) -> int:
+        """The number of epochs completed in the current ``train()`` run (read-only)."""
+        return self._run_epoch
 
     # ------------------------------------------------------------------------------------------
     # train()
@@ -157,31 +217,19 @@ class TrainingLoopMixin(BaseTrainer):
                 "create_scheduler_fn must be a callable that takes the optimizer and returns a "
                 f"scheduler (e.g. a functools.partial), got {type(create_scheduler_fn).__name__}"
             )
-
-        self.train_dataset = train_dataset
-        self.eval_dataset = eval_dataset
-        self.create_scheduler_fn = create_scheduler_fn
-        self.collate_fn = collate_fn
-        self.scheduler = None
         if resume_from is not None:
             reset_run_history = False
         if reset_run_history:
             self.run_history.reset()
 
-        self._start_hardware_run()
+        self.reset_run_state()
+        self._user_max_steps = max_num_train_steps
+        self._begin_run(train_dataset, eval_dataset, collate_fn)
         self._seed_run(seed, deterministic)
-        self._train_dataloader = self.create_train_dataloader(
-            batch_size=per_device_batch_size, train_dl_kwargs=train_dataloader_kwargs
+        self._create_dataloaders(
+            per_device_batch_size, train_dataloader_kwargs, eval_dataloader_kwargs
         )
-        self._eval_dataloader = (
-            self.create_eval_dataloader(
-                batch_size=per_device_batch_size, eval_dl_kwargs=eval_dataloader_kwargs
-            )
-            if eval_dataset is not None
-            else None
-        )
-        self._prepare_model_optimizer_and_dataloaders()
-        self.run_config = self._create_run_config(
+        self._start_run_config(
             per_device_batch_size=per_device_batch_size,
             num_epochs=num_epochs,
             gradient_accumulation_steps=gradient_accumulation_steps,
@@ -190,24 +238,16 @@ class TrainingLoopMixin(BaseTrainer):
             gradient_clip_norm=gradient_clip_norm,
             seed=seed,
         )
-        self._num_updates = 0
-        self._run_epoch = 0
-        self._first_step_of_epoch = 0
-        self._max_steps_reached = False
-        self._user_max_steps = max_num_train_steps
         self.optimizer.zero_grad()
-        self._setup_scheduler()
-        self._restore_training_state(resume_from)
+        self.setup_scheduler(create_scheduler_fn)
+        self.resume_run(resume_from)
         self._run_training()
-
-    # -- setup steps (fixed order; mixins fill the seams) ----------------------------------------
 
     def _seed_run(self, seed: int | None, deterministic: bool) -> None:
         if deterministic:
             use_deterministic_algorithms(True)
-        process_index = getattr(self, "process_index", 0)
         if seed is not None:
-            seed_everything(seed + process_index)
+            seed_everything(seed + self.process_index)
             self._shuffle_seed = seed
             return
         drawn = torch.tensor([draw_seed()], dtype=torch.int64, device=self.device)
@@ -220,12 +260,12 @@ class TrainingLoopMixin(BaseTrainer):
         worker processes on the CPU). Override to change the defaults."""
         return default_dataloader_kwargs(batch_size, shuffle=True, device=self.device)
 
+    @override
     def create_train_dataloader(
         self, batch_size: int, train_dl_kwargs: dict[str, Any] | None = None
     ) -> Iterable[Any]:
         """Create the training loader from ``self.train_dataset``. Override to build another
-        kind of loader; keep ``self._train_dl_kwargs`` up to date if the run config should
-        show its settings."""
+        kind of loader (the run config shows ``self._train_dl_kwargs``)."""
         dataloader, self._train_dl_kwargs = make_dataloader(
             self.train_dataset,
             self.get_default_train_dl_kwargs(batch_size),
@@ -234,55 +274,90 @@ class TrainingLoopMixin(BaseTrainer):
             shuffle_seed=self._shuffle_seed,
         )
         if has_length(dataloader) and len(dataloader) == 0:
+            drops_all = " and drop_last=True drops them all" if self._train_dl_kwargs.get(
+                "drop_last"
+            ) else ""
             raise ValueError(
                 "The training dataloader is empty: the training dataset has "
-                f"{len(self.train_dataset)} samples"
-                + (
-                    " and drop_last=True drops them all"
-                    if self._train_dl_kwargs.get("drop_last")
-                    else ""
-                )
+                f"{len(self.train_dataset)} samples{drops_all}"
             )
         return dataloader
+
+    def get_train_batch_limit(self) -> int | None:
+        """The most micro-batches a training epoch runs, or ``None`` for all: the smallest of
+        ``PT_ACC_LIMIT_BATCHES`` (read when the trainer was created) and what callbacks
+        defining ``train_batch_limit(trainer) -> int | None`` answer. Asked at each epoch
+        start; override to set a limit in a trainer."""
+        limits = [] if self._env_batch_limit is None else [self._env_batch_limit]
+        for callback in self.callback_handler:
+            ask = getattr(callback, "train_batch_limit", None)
+            limit = ask(self) if callable(ask) else None
+            if limit is not None:
+                limits.append(limit)
+        return min(limits) if limits else None
 
     # -- the run ----------------------------------------------------------------------------------
 
     def _run_training(self) -> None:
         """Run the epochs (see the module docstring for the order of events)."""
         assert self.run_config is not None
-        self.training_run_start()
-        self.callback_handler.call_event("on_training_run_start", self)
         num_epochs = self.run_config.num_epochs
-        while num_epochs is None or self._run_epoch < num_epochs:
-            try:
-                self._run_train_epoch(self._train_dataloader)
-                if self.eval_dataset is not None:
-                    self._run_eval_epoch(self._eval_dataloader)
-                self.training_run_epoch_end()
-                self._call_loop_event("on_training_run_epoch_end")
-                self._agree_on_stop()
-                self.run_history._increment_epoch()
-                self._run_epoch += 1
-            except StopTrainingError as error:
-                self.print(error)
-                self.callback_handler.call_event("on_stop_training_error", self, error=error)
-                break
-            if self._max_steps_reached:
-                if self._user_max_steps is not None:
-                    self.print(
-                        f"\nReached the maximum number of training steps ({self._user_max_steps}); "
-                        "ending training"
-                    )
-                break
-        self.training_run_end()
-        self.callback_handler.call_event("on_training_run_end", self)
+        with self.training_run_context():
+            self.training_run_start()
+            self.callback_handler.call_event("on_training_run_start", self)
+            if self._resume_phase == "ended":
+                self.print("\nNothing to resume: the training state was saved after its run ended")
+            while self._resume_phase != "ended" and (
+                num_epochs is None or self._run_epoch < num_epochs
+            ):
+                try:
+                    self._run_train_epoch(self._train_dataloader)
+                    evaluated = self._take_resume("eval_done") is not None
+                    if self.eval_dataset is not None and not evaluated:
+                        self._run_eval_epoch(self._eval_dataloader)
+                        self._reach_safe_point("eval_done")
+                    self.training_run_epoch_end()
+                    self.call_loop_event("on_training_run_epoch_end")
+                    self.agree_on_stop()
+                    self.run_history._increment_epoch()
+                    self._run_epoch += 1
+                    self._phase = "epoch_start"
+                except StopTrainingError as error:
+                    self.print(error)
+                    self.callback_handler.call_event("on_stop_training_error", self, error=error)
+                    break
+                if self._max_steps_reached:
+                    if self._user_max_steps is not None:
+                        self.print(
+                            "\nReached the maximum number of training steps "
+                            f"({self._user_max_steps}); ending training"
+                        )
+                    break
+            stopped = not self._max_steps_reached and (
+                num_epochs is None or self._run_epoch < num_epochs
+            )
+            self._phase = "ended" if stopped else "epoch_start"
+            self._resume_phase = None
+            self.training_run_end()
+            self.callback_handler.call_event("on_training_run_end", self)
+
+    def _take_resume(self, *phases: str) -> str | None:
+        """The phase the run resumes at, if it is one of ``phases`` (then it is used up)."""
+        phase = self._resume_phase
+        if phase is None or phase not in phases:
+            return None
+        self._resume_phase = None
+        return phase
+
+    def _reach_safe_point(self, point: SafePoint) -> None:
+        """A safe point between the parts of an epoch, where the position is ``point``."""
+        self._phase = point
+        self.at_safe_point(point)
 
     def _set_sampler_epoch(self, dataloader: Any) -> None:
         """Tell the loader which epoch starts, so its shuffled order is that epoch's.
-
-        Accelerate's loaders also keep their own epoch count, which they hand to the sampler
-        when iterated: it is set too (a resumed run starts at a later epoch).
-        """
+        Accelerate's loaders keep their own epoch count, which they hand to the sampler when
+        iterated: it is set too (a resumed run starts at a later epoch)."""
         if hasattr(dataloader, "set_epoch"):
             dataloader.set_epoch(self._run_epoch)
         sampler, _ = find_shuffle_sampler(dataloader)
@@ -290,45 +365,76 @@ class TrainingLoopMixin(BaseTrainer):
             sampler.set_epoch(self._run_epoch)
 
     def _run_train_epoch(self, train_dl: Any) -> None:
-        """One pass over the training data."""
+        """One pass over the training data (the rest of it when resuming inside it)."""
         assert self.run_config is not None
+        resume = self._take_resume("epoch_start", "train", "train_done", "eval_done")
+        if resume in ("train_done", "eval_done"):  # this epoch's training is in the history
+            self._restore_rng()
+            self._resume_phase = "eval_done" if resume == "eval_done" else None
+            return
+        if resume == "epoch_start":
+            self._restore_rng()
+        if resume != "train":
+            self._reach_safe_point("epoch_start")
+        first_step, self._first_step_of_epoch = self._first_step_of_epoch, 0
+        self._phase, self._next_step = "train", first_step
+        self.batches_in_epoch = loader_length(train_dl)
+        limit = self.get_train_batch_limit()
+        if limit is not None:
+            self.batches_in_epoch = min(limit, self.batches_in_epoch or limit)
         self.train_epoch_start()
         self._loss_tracker.reset()
-        self._call_loop_event("on_train_epoch_start")
-        self._agree_on_stop()
+        self._restore_running_loss()
+        self.call_loop_event("on_train_epoch_start")
+        self.agree_on_stop()
         self._set_sampler_epoch(getattr(train_dl, "dl", train_dl))
+        if resume == "train":
+            train_dl = self._resumed_epoch(train_dl, first_step)
+        if limit is not None:
+            train_dl = islice(train_dl, max(limit - first_step, 0))
         max_updates = self.run_config.max_num_train_steps
-        first_step, self._first_step_of_epoch = self._first_step_of_epoch, 0
         for step, batch in enumerate(train_dl, start=first_step):
-            self._call_loop_event("on_train_step_start")
-            if not self._is_update_step(step):
-                with self.no_gradient_sync():
-                    self._perform_forward_and_backward_passes(batch, step)
-            else:
+            self.call_loop_event("on_train_step_start")
+            if self.is_update_step(step):
                 self._perform_forward_and_backward_passes(batch, step)
-                self._agree_on_stop()
+                self._next_step = step + 1
+                self.agree_on_stop()
                 self._perform_optimizer_update()
                 if max_updates is not None and self._num_updates >= max_updates:
                     self._max_steps_reached = True
                     break
+            else:
+                with self.no_gradient_sync():
+                    self._perform_forward_and_backward_passes(batch, step)
+                self._next_step = step + 1
+                self.at_safe_point("micro_batch")
         else:
-            self._agree_on_stop()
-            self._finish_pending_update()
+            self.agree_on_stop()
+            if self.has_pending_update():
+                self._perform_optimizer_update()
             self._max_steps_reached = max_updates is not None and self._num_updates >= max_updates
-        self._agree_on_stop()
+        self.agree_on_stop()
         self.train_epoch_end()
-        self._add_epoch_loss_to_run_history("train_loss_epoch")
-        self._call_loop_event("on_train_epoch_end")
-        self._agree_on_stop()
+        self._add_epoch_loss_to_run_history("train_loss_epoch", self._loss_tracker)
+        self.call_loop_event("on_train_epoch_end")
+        self.agree_on_stop()
+        self._reach_safe_point("train_done")
+
+    def _resumed_epoch(self, train_dl: Any, skip: int) -> Any:
+        """The loader of the epoch the run resumes in, from micro-batch ``skip`` on; the
+        random generators are restored just before its first batch is used."""
+        assert self.run_config is not None
+        max_updates = self.run_config.max_num_train_steps
+        if max_updates is not None and self._num_updates >= max_updates and has_length(train_dl):
+            skip = len(train_dl)  # the run stopped here
+        return resumed_epoch_loader(train_dl, skip, self.num_processes, self._restore_rng)
 
     def _perform_forward_and_backward_passes(self, batch: Any, step: int) -> BatchOutput:
         batch_output = self.calculate_train_batch_loss(batch)
         check_batch_output(batch_output, "calculate_train_batch_loss")
         self._update_loss_tracker(batch_output["loss"], batch_output["batch_size"])
-        self._call_loop_event(
-            "on_train_step_end", batch_output=batch_output, batch=batch, step=step
-        )
-        self.backward_step(self._loss_for_backward(batch_output))
+        self.call_loop_event("on_train_step_end", batch_output=batch_output, batch=batch, step=step)
+        self.backward_step(self.loss_for_backward(batch_output))
         return batch_output
 
     def _update_loss_tracker(
@@ -337,13 +443,15 @@ class TrainingLoopMixin(BaseTrainer):
         self._loss_tracker.update(batch_loss, batch_size)
 
     def _perform_optimizer_update(self) -> None:
-        """One optimizer update: finish the gradients, step, schedule, zero, notify."""
-        self._before_optimizer_step()
+        """One optimizer update: finish the gradients, step, schedule, zero, notify; then a
+        safe point."""
+        self.before_optimizer_step()
         self.optimizer_step()
-        self._after_optimizer_step()
+        self.after_optimizer_step()
         self.optimizer_zero_grad()
         self._num_updates += 1
-        self._call_loop_event("on_optimizer_step_end", num_updates=self._num_updates)
+        self.call_loop_event("on_optimizer_step_end", num_updates=self._num_updates)
+        self.at_safe_point("update")
 
     # -- hooks ------------------------------------------------------------------------------------
 
@@ -385,8 +493,77 @@ class TrainingLoopMixin(BaseTrainer):
         """End of each training epoch, before ``train_loss_epoch`` is recorded. Extend with
         ``super().train_epoch_end()`` called last."""
 
-    def training_run_end(self) -> None:
-        """End of ``train()``: removes the distributed / mixed-precision wrappers from
-        ``self.model``. Extend with ``super().training_run_end()`` called last."""
-        self.model = self.get_model()
-        super().training_run_end()
+    # -- run state ----------------------------------------------------------------------------
+
+    @override
+    def training_state_dict(self) -> dict[str, Any]:
+        """Adds ``"loop"``: the position (phase, epoch, next micro-batch, updates), the
+        loader's length and the shuffle seed."""
+        state = super().training_state_dict()
+        state["loop"] = {
+            "position": self.run_position,
+            "batches_per_epoch": loader_length(self._train_dataloader),
+            "shuffle_seed": self._shuffle_seed,
+        }
+        return state
+
+    @override
+    def load_training_state_dict(self, state: dict[str, Any], resume: bool = True) -> None:
+        own = state["loop"]
+        batches = loader_length(self._train_dataloader)
+        saved_batches = own["batches_per_epoch"]
+        if resume and saved_batches is not None and saved_batches != batches:
+            raise CheckpointError(
+                f"The training state was saved with {saved_batches} batches per epoch per "
+                f"process; this run has {batches}. Resume with the same dataset, batch size "
+                "and number of processes"
+            )
+        super().load_training_state_dict(state, resume)
+        if not resume:
+            return
+        position = own["position"]
+        self._run_epoch = int(position["epoch"])
+        self._num_updates = int(position["num_updates"])
+        self._max_steps_reached = bool(position["max_steps_reached"])
+        self._phase = self._resume_phase = str(position["phase"])
+        self._first_step_of_epoch = int(position["next_step"]) if self._phase == "train" else 0
+        seed = own["shuffle_seed"]
+        if seed is not None:  # the saved run's data order
+            self._shuffle_seed = seed
+            dataloader = self._train_dataloader
+            sampler, _ = find_shuffle_sampler(getattr(dataloader, "dl", dataloader))
+            if sampler is not None:
+                sampler.seed = seed
+
+    @override
+    def process_state_dict(self) -> dict[str, Any]:
+        """Adds ``"loop"``: this process's random generators and, inside an epoch, its running
+        train loss."""
+        state = super().process_state_dict()
+        tracker = self._loss_tracker
+        state["loop"] = {
+            "rng": capture_rng_state(),
+            "loss_tracker": tracker.state_dict() if self._phase == "train" else None,
+        }
+        return state
+
+    @override
+    def load_process_state_dict(self, state: dict[str, Any], resume: bool = True) -> None:
+        super().load_process_state_dict(state, resume)
+        own = state["loop"]
+        if not resume:
+            restore_rng_state(own["rng"])
+            return
+        self._pending_rng = own["rng"]
+        self._pending_loss = own["loss_tracker"]
+
+    def _restore_rng(self) -> None:
+        """Put back the resumed run's random generators (once, at the saved moment)."""
+        rng, self._pending_rng = self._pending_rng, None
+        if rng is not None:
+            restore_rng_state(rng)
+
+    def _restore_running_loss(self) -> None:
+        saved, self._pending_loss = self._pending_loss, None
+        if saved is not None:
+            self._loss_tracker.load_state_dict(saved, device=self.device)

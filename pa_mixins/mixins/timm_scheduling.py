@@ -10,13 +10,12 @@ from __future__ import annotations
 
 from typing_extensions import override
 
-from pa_mixins.mixins.loop import TrainingLoopMixin
 from pa_mixins.mixins.scheduling import SchedulerMixin
 
 __all__ = ["TimmSchedulerMixin"]
 
 
-class TimmSchedulerMixin(SchedulerMixin, TrainingLoopMixin):
+class TimmSchedulerMixin(SchedulerMixin):
     """Steps a timm-style scheduler: ``step_update`` with the number of optimizer updates
     completed in the run (updates, not micro-batches, so gradient accumulation is counted
     right, and continuing from the restored count when a run is resumed), and ``step`` with
@@ -24,27 +23,21 @@ class TimmSchedulerMixin(SchedulerMixin, TrainingLoopMixin):
     evaluation set). A scheduler that needs a metric in ``step`` (plateau schedulers) needs an
     override of :meth:`train_epoch_end` or of ``eval_epoch_end`` that passes it.
 
-    It builds on the training loop's counters, hence its ``TrainingLoopMixin`` base; put it
-    first among a trainer's bases, e.g. ``class T(TimmSchedulerMixin, Trainer)``.
+    Reads the loop's public :attr:`num_updates` and ``epochs_completed``; overrides
+    ``scheduler_step`` and extends ``train_epoch_end``. Put it left of ``Trainer``, e.g.
+    ``class T(TimmSchedulerMixin, Trainer)``.
     """
-
-    @property
-    def num_updates(self) -> int:
-        """The number of optimizer updates completed in the current run (pytorch-accelerated's
-        ``TrainerWithTimmScheduler.num_updates``, read-only)."""
-        return self._num_updates
 
     @override
     def scheduler_step(self) -> None:
         """After each optimizer update: ``scheduler.step_update(num_updates=n)``, ``n``
-        counting the update that just happened (the loop adds it to ``_num_updates`` after
-        this call). Updates skipped by fp16 overflow are counted but not stepped for."""
+        counting the update that just happened (the loop counts it right after this call).
+        Updates skipped by fp16 overflow are counted but not stepped for."""
         if self.scheduler is not None:
-            self.scheduler.step_update(num_updates=self._num_updates + 1)
+            self.scheduler.step_update(num_updates=self.num_updates + 1)
 
-    @override
     def train_epoch_end(self) -> None:
         """At the end of each training epoch: ``scheduler.step(epochs_completed)``."""
         if self.scheduler is not None:
-            self.scheduler.step(self._run_epoch + 1)
-        super().train_epoch_end()
+            self.scheduler.step(self.epochs_completed + 1)  # type: ignore[attr-defined]
+        super().train_epoch_end()  # type: ignore[misc]  # the loop's hook
