@@ -114,13 +114,10 @@ class TrainerCallback:
             raise AttributeError(message, name=item)
         # Any other name may be an event, built in or custom (fired with
         # ``callback_handler.call_event("verify_train_batch", ...)``): the handler skips this
-        # callback, as pytorch-accelerated does for every event name. The error is also an
+        # callback, as pytorch-accelerated does for every event name. The error is an
         # AttributeError, so ``hasattr(callback, name)`` and ``getattr(callback, name,
         # default)`` still answer "absent" (the trainer probes callbacks for ``state_dict``).
-        missing_event = type(
-            "MissingCallbackEvent", (CallbackMethodNotImplementedError, AttributeError), {}
-        )
-        raise missing_event(message, name=item)
+        raise CallbackMethodNotImplementedError(message, name=item)
 
 
 class CallbackHandler:
