@@ -169,8 +169,6 @@ def test_a_stop_on_one_process_stops_every_process_at_the_same_step(tmp_path: pa
     # SIGTERM on process 1 only: both stop at the same safe point and exit with 143.
     assert rank0["sigterm"]["exit_code"] == rank1["sigterm"]["exit_code"] == 143
     assert rank0["sigterm"]["num_updates"] < 24
-    if "early_stopping" not in rank0:
-        pytest.skip("EarlyStoppingCallback does not exist yet")
     # lr=0: no improvement; patience 2 stops both processes after the third epoch.
     assert len(rank0["early_stopping"]["metrics"]["eval_loss_epoch"]) == 3
     assert "no improvement" in rank0["early_stopping"]["error"]

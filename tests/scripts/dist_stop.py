@@ -22,7 +22,12 @@ from torch import nn
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2]))
 
 from pa_mixins import Trainer
-from pa_mixins.callbacks import StopTrainingError, TerminateOnNaNCallback, TrainerCallback
+from pa_mixins.callbacks import (
+    EarlyStoppingCallback,
+    StopTrainingError,
+    TerminateOnNaNCallback,
+    TrainerCallback,
+)
 from tests.conftest import make_model, make_regression_data
 
 
@@ -114,18 +119,13 @@ def main() -> None:
     results["eval_step_end"] = run(
         "eval_step_end", (StopWhen("on_eval_step_end", 0, lambda t, **_: True),)
     )
-    try:
-        from pa_mixins.callbacks.model_selection import EarlyStoppingCallback
-    except ImportError:
-        pass
-    else:
-        # lr=0: the eval loss never improves, so patience 2 stops after epoch 3 of 6.
-        results["early_stopping"] = run(
-            "early_stopping",
-            (EarlyStoppingCallback(early_stopping_patience=2),),
-            lr=0.0,
-            num_epochs=6,
-        )
+    # lr=0: the eval loss never improves, so patience 2 stops after epoch 3 of 6.
+    results["early_stopping"] = run(
+        "early_stopping",
+        (EarlyStoppingCallback(early_stopping_patience=2),),
+        lr=0.0,
+        num_epochs=6,
+    )
 
     class SigtermOnRank1(TrainerCallback):
         def on_optimizer_step_end(self, trainer: Any, num_updates: int, **kwargs: Any) -> None:
