@@ -1,14 +1,18 @@
-"""The golden order of every hook and callback event (cf. Lightning's test_hooks.py)."""
+"""The golden order of every hook, public seam and callback event (cf. Lightning's
+test_hooks.py)."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from functools import partial
 from typing import Any
 
+import pytest
 import torch
 from torch import nn
 
-from pa_mixins import Trainer
+from pa_mixins import MinimalTrainer, Trainer, TrainerWithTimmScheduler
 from pa_mixins.callbacks import TrainerCallback
 from tests.conftest import make_model, make_regression_data
 
@@ -220,3 +224,327 @@ def test_stop_training_error_ends_the_run_and_still_runs_the_end_hooks() -> None
     assert "on_train_epoch_end" not in calls
     assert calls.count("optimizer_step") == 1
     assert trainer.run_history.current_epoch == 1
+
+
+# ----------------------------------------------------------------------------------------------
+# The public seams (issue 9 point 3), for each ready-made trainer, with and without accumulation
+# ----------------------------------------------------------------------------------------------
+
+#: the seams a mixin extends, recorded where the loop calls them
+SEAMS = [
+    "reset_run_state",
+    "setup_scheduler",
+    "resume_run",
+    "is_update_step",
+    "loss_for_backward",
+    "before_optimizer_step",
+    "after_optimizer_step",
+    "has_pending_update",
+]
+
+
+def _recording_class(base: type, calls: list[str]) -> type:
+    """``base`` with every hook and seam it has recorded (the outer call first), entering
+    ``training_run_context`` recorded, and ``at_safe_point`` recorded with its point."""
+
+    def make_hook(name: str) -> Any:
+        def hook(self: Any, *args: Any, **kwargs: Any) -> Any:
+            calls.append(name)
+            return getattr(super(recording, self), name)(*args, **kwargs)
+
+        return hook
+
+    def at_safe_point(self: Any, point: str) -> None:
+        calls.append(f"at_safe_point:{point}")
+        super(recording, self).at_safe_point(point)
+
+    @contextmanager
+    def training_run_context(self: Any) -> Iterator[None]:
+        with super(recording, self).training_run_context():
+            calls.append("training_run_context")
+            yield
+
+    methods: dict[str, Any] = {
+        name: make_hook(name) for name in (*HOOKS, *SEAMS) if hasattr(base, name)
+    }
+    methods["at_safe_point"] = at_safe_point
+    methods["training_run_context"] = training_run_context
+    recording = type(f"Recording{base.__name__}", (base,), methods)
+    return recording
+
+
+class FakeTimmScheduler:
+    """A scheduler with timm's interface that records how it is driven."""
+
+    def __init__(self, calls: list[str]) -> None:
+        self.calls = calls
+
+    def step_update(self, num_updates: int) -> None:
+        self.calls.append(f"scheduler.step_update({num_updates})")
+
+    def step(self, epoch: int, metric: float | None = None) -> None:
+        self.calls.append(f"scheduler.step({epoch})")
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        pass
+
+
+# 10 samples, batch 2: 5 micro-batches per epoch. With 2 per update, updates after
+# micro-batches 1, 3 and 4 (a last, shorter group of one).
+TRAIN_SAMPLES, EVAL_SAMPLES, BATCH_SIZE, EPOCHS = 10, 4, 2, 2
+
+
+class Golden:
+    """The expected calls, built in the order of the loop (the docstring of
+    pa_mixins/mixins/loop.py, corrected where noted), one part of the run at a time."""
+
+    def __init__(self, trainer_cls: type, accumulation: int) -> None:
+        self.scheduler = {Trainer: "torch", TrainerWithTimmScheduler: "timm"}.get(trainer_cls)
+        self.accumulation = accumulation
+        self.updates = 0
+
+    def setup(self) -> list[str]:
+        scheduler = ["create_scheduler"] if self.scheduler else []
+        return [
+            "reset_run_state",
+            "create_train_dataloader",
+            "get_default_train_dl_kwargs",
+            "create_eval_dataloader",
+            "get_default_eval_dl_kwargs",
+            "setup_scheduler",
+            *scheduler,
+            "resume_run",
+        ]
+
+    def update(self) -> list[str]:
+        self.updates += 1
+        scheduler = {
+            None: [],
+            "torch": ["scheduler_step"],
+            "timm": ["scheduler_step", f"scheduler.step_update({self.updates})"],
+        }[self.scheduler]
+        return [
+            "before_optimizer_step",
+            "optimizer_step",
+            "after_optimizer_step",
+            *scheduler,  # SchedulerMixin steps it inside after_optimizer_step
+            "optimizer_zero_grad",
+            "on_optimizer_step_end",
+            "at_safe_point:update",
+        ]
+
+    def micro_batch(self, step: int, batches: int) -> list[str]:
+        ends_update = (step + 1) % self.accumulation == 0 or step + 1 == batches
+        return [
+            "on_train_step_start",
+            # asked before the forward pass: a micro-batch inside a group runs without
+            # gradient synchronisation (the loop docstring shows it after backward_step)
+            "is_update_step",
+            "calculate_train_batch_loss",
+            "on_train_step_end",
+            "loss_for_backward",
+            "backward_step",
+            *(self.update() if ends_update else ["at_safe_point:micro_batch"]),
+        ]
+
+    def train_epoch(self, epoch: int, batches: int) -> list[str]:
+        timm_step = [f"scheduler.step({epoch + 1})"] if self.scheduler == "timm" else []
+        # The run's max_num_train_steps is num_epochs * updates per epoch: the last update of
+        # the last epoch reaches it and leaves the batch loop before has_pending_update.
+        pending = ["has_pending_update"] if epoch < EPOCHS - 1 else []
+        return [
+            # the safe point comes before the epoch's hooks, so a state saved there resumes
+            # by running them (the loop docstring shows it after on_train_epoch_start)
+            "at_safe_point:epoch_start",
+            "train_epoch_start",
+            "on_train_epoch_start",
+            *(call for step in range(batches) for call in self.micro_batch(step, batches)),
+            *pending,
+            "train_epoch_end",
+            *timm_step,
+            "on_train_epoch_end",
+            "at_safe_point:train_done",
+        ]
+
+    @staticmethod
+    def eval_epoch(batches: int) -> list[str]:
+        return [
+            "eval_epoch_start",
+            "on_eval_epoch_start",
+            *["on_eval_step_start", "calculate_eval_batch_loss", "on_eval_step_end"] * batches,
+            "eval_epoch_end",
+            "on_eval_epoch_end",
+        ]
+
+    def epoch(self, epoch: int) -> list[str]:
+        return [
+            *self.train_epoch(epoch, TRAIN_SAMPLES // BATCH_SIZE),
+            *self.eval_epoch(EVAL_SAMPLES // BATCH_SIZE),
+            "at_safe_point:eval_done",
+            "training_run_epoch_end",
+            "on_training_run_epoch_end",
+        ]
+
+    def train(self) -> list[str]:
+        return [
+            *self.setup(),
+            "training_run_context",
+            "training_run_start",
+            "on_training_run_start",
+            *(call for epoch in range(EPOCHS) for call in self.epoch(epoch)),
+            "training_run_end",
+            "on_training_run_end",
+        ]
+
+    def evaluate(self) -> list[str]:
+        # no seam and no safe point: evaluate() is not a training run
+        return [
+            "create_eval_dataloader",
+            "get_default_eval_dl_kwargs",
+            "evaluation_run_start",
+            "on_evaluation_run_start",
+            *self.eval_epoch(EVAL_SAMPLES // BATCH_SIZE),
+            "evaluation_run_end",
+            "on_evaluation_run_end",
+        ]
+
+
+def _record_a_run(trainer_cls: type, accumulation: int) -> list[str]:
+    calls: list[str] = []
+    model = make_model()
+    trainer = _recording_class(trainer_cls, calls)(
+        model,
+        nn.MSELoss(),
+        torch.optim.SGD(model.parameters(), lr=0.01),
+        callbacks=[RecordingCallback(calls)],
+    )
+    options: dict[str, Any] = {}
+    if trainer_cls is Trainer:
+        options["create_scheduler_fn"] = partial(torch.optim.lr_scheduler.StepLR, step_size=1)
+    elif trainer_cls is TrainerWithTimmScheduler:
+        options["create_scheduler_fn"] = lambda optimizer: FakeTimmScheduler(calls)
+    if accumulation != 1:
+        options["gradient_accumulation_steps"] = accumulation
+    calls.append("train()")
+    trainer.train(
+        train_dataset=make_regression_data(TRAIN_SAMPLES),
+        eval_dataset=make_regression_data(EVAL_SAMPLES, seed=1),
+        num_epochs=EPOCHS,
+        per_device_batch_size=BATCH_SIZE,
+        **options,
+    )
+    calls.append("evaluate()")
+    trainer.evaluate(make_regression_data(EVAL_SAMPLES, seed=1), per_device_batch_size=BATCH_SIZE)
+    return calls
+
+
+@pytest.mark.parametrize(
+    ("trainer_cls", "accumulation"),
+    [
+        (Trainer, 1),
+        (Trainer, 2),
+        (MinimalTrainer, 1),
+        (TrainerWithTimmScheduler, 1),
+        (TrainerWithTimmScheduler, 2),
+    ],
+    ids=["Trainer", "Trainer-accumulation", "MinimalTrainer", "Timm", "Timm-accumulation"],
+)
+def test_hooks_seams_and_events_follow_the_golden_order(
+    trainer_cls: type, accumulation: int
+) -> None:
+    golden = Golden(trainer_cls, accumulation)
+    expected = ["on_init_end", "train()", *golden.train(), "evaluate()", *golden.evaluate()]
+    calls = _record_a_run(trainer_cls, accumulation)
+    assert calls == expected
+    updates_per_epoch = 5 if accumulation == 1 else 3
+    assert calls.count("on_optimizer_step_end") == EPOCHS * updates_per_epoch
+
+
+def test_the_minimal_trainer_refuses_accumulation() -> None:
+    # MinimalTrainer has no GradientAccumulationMixin: there is no accumulated order to pin
+    model = make_model()
+    trainer = MinimalTrainer(
+        model, nn.MSELoss(), torch.optim.SGD(model.parameters(), lr=0.01), callbacks=()
+    )
+    with pytest.raises(TypeError, match="GradientAccumulationMixin"):
+        trainer.train(
+            train_dataset=make_regression_data(TRAIN_SAMPLES),
+            num_epochs=1,
+            per_device_batch_size=BATCH_SIZE,
+            gradient_accumulation_steps=2,
+        )
+
+
+class _Stream(torch.utils.data.IterableDataset):
+    """The samples of a dataset as a stream: the loader has no length."""
+
+    def __init__(self, samples: Any) -> None:
+        self.samples = samples
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter(self.samples)
+
+
+def test_an_open_group_at_the_end_of_an_epoch_of_unknown_length_is_the_pending_update() -> None:
+    # Without a length, is_update_step cannot see the epoch's last micro-batch: the loop asks
+    # has_pending_update after the batches and applies the open group's update.
+    calls: list[str] = []
+    model = make_model()
+    trainer = _recording_class(Trainer, calls)(
+        model,
+        nn.MSELoss(),
+        torch.optim.SGD(model.parameters(), lr=0.01),
+        callbacks=[RecordingCallback(calls)],
+    )
+    trainer.train(
+        train_dataset=_Stream(make_regression_data(TRAIN_SAMPLES)),
+        num_epochs=1,
+        per_device_batch_size=BATCH_SIZE,
+        gradient_accumulation_steps=2,
+        max_num_train_steps=3,
+    )
+    golden = Golden(MinimalTrainer, accumulation=2)  # no scheduler
+
+    def micro_batch(ends_update: bool) -> list[str]:
+        return [
+            "on_train_step_start",
+            "is_update_step",
+            "calculate_train_batch_loss",
+            "on_train_step_end",
+            "loss_for_backward",
+            "backward_step",
+            *(golden.update() if ends_update else ["at_safe_point:micro_batch"]),
+        ]
+
+    assert calls == [
+        "on_init_end",
+        "reset_run_state",
+        "create_train_dataloader",
+        "get_default_train_dl_kwargs",
+        "setup_scheduler",
+        "resume_run",
+        "training_run_context",
+        "training_run_start",
+        "on_training_run_start",
+        "at_safe_point:epoch_start",
+        "train_epoch_start",
+        "on_train_epoch_start",
+        *micro_batch(False),
+        *micro_batch(True),
+        *micro_batch(False),
+        *micro_batch(True),
+        *micro_batch(False),  # micro-batch 4 opens a group that the data ends
+        "has_pending_update",
+        *golden.update(),  # the third update reaches max_num_train_steps
+        "train_epoch_end",
+        "on_train_epoch_end",
+        "at_safe_point:train_done",
+        "training_run_epoch_end",
+        "on_training_run_epoch_end",
+        "training_run_end",
+        "on_training_run_end",
+    ]
+    assert trainer.num_updates == 3
