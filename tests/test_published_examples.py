@@ -21,6 +21,7 @@ from pa_mixins.callbacks import (
 )
 from tests.published_examples import (
     custom_callback_event,
+    hf_bert_glue_mrpc,
     progressive_resizing,
     train_with_metrics_in_callback,
     train_with_metrics_in_loop,
@@ -68,6 +69,21 @@ def test_metrics_examples_record_metrics_for_every_evaluation(example: Any) -> N
     for name in ("accuracy", "precision", "recall"):
         (value,) = history.get_metric_values(name)
         assert 0 <= float(value) <= 1
+
+
+def test_hf_bert_example_runs_with_loss_func_none_and_its_own_scheduler() -> None:
+    # examples/nlp/hf_bert_glue_mrpc.py: dict batches, loss_func=None with both batch-loss
+    # hooks overridden, create_scheduler overridden to read len(self._train_dataloader) and
+    # run_config, a gathered metric, eval batch size from eval_dataloader_kwargs; batch_size=32
+    # turns on gradient accumulation (2 micro-batches of 16).
+    trainer = hf_bert_glue_mrpc.main(batch_size=32)
+    history = trainer.run_history
+    assert len(history.get_metric_values("train_loss_epoch")) == 3
+    metrics = history.get_metric_values("metrics")
+    assert len(metrics) == 3 and all(0 <= m["accuracy"] <= 1 for m in metrics)
+    assert trainer.run_config.gradient_accumulation_steps == 2
+    assert trainer.run_config.eval_per_device_batch_size == hf_bert_glue_mrpc.EVAL_BATCH_SIZE
+    assert trainer.scheduler is not None
 
 
 @pytest.mark.xfail(
