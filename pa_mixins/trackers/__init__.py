@@ -22,9 +22,10 @@ Where each tracker writes, under ``project_dir``, and how to look at it:
 * ``wandb``: ``wandb/offline-run-*``; ``wandb sync runs/wandb/offline-run-*`` (offline by
   default).
 
-The optional packages are imported only when a run starts; a tracker whose package is missing
-raises ``ImportError`` naming the extra to install (``pip install 'pa_mixins[tensorboard]'``,
-``[mlflow]``, ``[wandb]``, or ``[trackers]`` for all three).
+The optional packages are imported only when a run starts; creating a tracker whose package is
+missing raises ``ImportError`` at once, naming the extra to install
+(``pip install 'pa_mixins[tensorboard]'``, ``[mlflow]``, ``[wandb]``, or ``[trackers]`` for all
+three).
 
 Write your own tracker by subclassing :class:`Tracker` (``start`` / ``log_metrics`` /
 ``finish``) and passing an instance.

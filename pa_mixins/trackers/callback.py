@@ -46,7 +46,7 @@ def trainer_hyperparameters(trainer: BaseTrainer) -> dict[str, Any]:
 
 
 def _is_main(trainer: BaseTrainer) -> bool:
-    return bool(getattr(trainer, "is_world_process_zero", True))
+    return bool(trainer.is_world_process_zero)
 
 
 class TrackingCallback(TrainerCallback):
