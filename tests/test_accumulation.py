@@ -59,7 +59,7 @@ def test_a_last_shorter_group_is_divided_by_its_own_size() -> None:
     sampler = BatchSampler(SequentialSampler(range(20)), batch_size=6, drop_last=False)
     _train(big, batch_size=6, num_samples=20, train_dataloader_kwargs={"batch_sampler": sampler})
     trainer = _train(accumulated, batch_size=2, accumulation=3, num_samples=20)
-    assert trainer._num_updates == 4
+    assert trainer.num_updates == 4
     _assert_same_weights(big, accumulated)
 
 

@@ -457,7 +457,7 @@ class NaNAtUpdate(Trainer):
 
     def calculate_train_batch_loss(self, batch: Any) -> dict[str, Any]:
         output = super().calculate_train_batch_loss(batch)
-        if self._num_updates == self.nan_at_update:
+        if self.num_updates == self.nan_at_update:
             output["loss"] = output["loss"] * float("nan")
         return output
 
@@ -468,7 +468,7 @@ def test_nan_loss_on_the_cpu_stops_training_before_its_update() -> None:
     trainer = NaNAtUpdate(model, nn.MSELoss(), _sgd(model), callbacks=[nan_callback])
     trainer.train(train_dataset=make_regression_data(40), num_epochs=2, per_device_batch_size=4)
     assert nan_callback.triggered
-    assert trainer._num_updates == 2  # the NaN step (index 2) was not applied
+    assert trainer.num_updates == 2  # the NaN step (index 2) was not applied
     assert all(torch.isfinite(p).all() for p in model.parameters())
     assert "train_loss_epoch" not in trainer.run_history.get_metric_names()
 
@@ -480,7 +480,7 @@ def test_nan_loss_on_a_gpu_stops_training_at_most_one_step_late() -> None:
     trainer = NaNAtUpdate(model, nn.MSELoss(), _sgd(model), callbacks=[nan_callback])
     trainer.train(train_dataset=make_regression_data(40), num_epochs=2, per_device_batch_size=4)
     assert trainer.device.type == "cuda" and nan_callback.triggered
-    assert trainer._num_updates == 3  # the NaN step (index 2) was applied, the next one was not
+    assert trainer.num_updates == 3  # the NaN step (index 2) was applied, the next one was not
 
 
 def test_nan_in_the_last_step_of_an_epoch_stops_before_the_next_epoch() -> None:
@@ -491,7 +491,7 @@ def test_nan_in_the_last_step_of_an_epoch_stops_before_the_next_epoch() -> None:
     nan_callback = TerminateOnNaNCallback()
     trainer = InfAtLastStep(model, nn.MSELoss(), _sgd(model), callbacks=[nan_callback])
     trainer.train(train_dataset=make_regression_data(8), num_epochs=3, per_device_batch_size=4)
-    assert nan_callback.triggered and trainer._num_updates == 1
+    assert nan_callback.triggered and trainer.num_updates == 1
     assert trainer.run_history.current_epoch == 1
 
 

@@ -37,7 +37,7 @@ def test_an_overflowing_fp16_step_is_skipped_with_its_scheduler_step() -> None:
     class OverflowAtFirstUpdate(Trainer):
         def calculate_train_batch_loss(self, batch: Any) -> dict[str, Any]:
             output = super().calculate_train_batch_loss(batch)
-            if self._num_updates == 0:
+            if self.num_updates == 0:
                 output["loss"] = output["loss"] * 1e30  # inf once scaled: the step is skipped
             return output
 
@@ -48,7 +48,7 @@ def test_an_overflowing_fp16_step_is_skipped_with_its_scheduler_step() -> None:
         per_device_batch_size=8,
         create_scheduler_fn=functools.partial(torch.optim.lr_scheduler.StepLR, step_size=1),
     )
-    assert trainer._num_updates == 4
+    assert trainer.num_updates == 4
     assert trainer.scheduler.last_epoch == 3
 
 

@@ -68,7 +68,7 @@ def test_an_iterable_dataset_trains_for_max_num_train_steps_across_passes() -> N
         gradient_accumulation_steps=2,
     )
     # Each pass has 3 micro-batches (4, 4, 2): updates after micro-batches 2 and 3 of each pass.
-    assert trainer._num_updates == 7
+    assert trainer.num_updates == 7
     assert (
         trainer.run_config.num_epochs is None
         and trainer.run_config.num_update_steps_per_epoch is None

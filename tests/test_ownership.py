@@ -42,15 +42,7 @@ EXPECTED_OWNERS: dict[str, str] = {
     "_loss_tracker": "TrainingLoopMixin",
     "_user_max_steps": "TrainingLoopMixin",
     "_shuffle_seed": "TrainingLoopMixin",
-    "_num_updates": "TrainingLoopMixin",
-    "_run_epoch": "TrainingLoopMixin",
-    "_max_steps_reached": "TrainingLoopMixin",
-    "_phase": "TrainingLoopMixin",
-    "_next_step": "TrainingLoopMixin",
-    "_first_step_of_epoch": "TrainingLoopMixin",
-    "_resume_phase": "TrainingLoopMixin",
-    "_pending_rng": "TrainingLoopMixin",
-    "_pending_loss": "TrainingLoopMixin",
+    "_position": "TrainingLoopMixin",  # a RunPosition: epoch, updates, micro-batch, resume
     "_train_dl_kwargs": "TrainingLoopMixin",
     "batches_in_epoch": "TrainingLoopMixin",
     # EvaluationMixin

@@ -45,7 +45,7 @@ def test_a_schedule_sized_with_placeholders_ends_exactly_at_the_end_of_training(
     )
     assert trainer.run_config.num_update_steps_per_epoch == 4
     assert trainer.scheduler.last_epoch == 12 == trainer.scheduler.total_steps
-    assert trainer._num_updates == 12
+    assert trainer.num_updates == 12
 
 
 def test_placeholder_arithmetic_and_every_member_resolve() -> None:
@@ -78,7 +78,7 @@ def test_scheduler_steps_once_per_real_update_and_not_after_a_skipped_step() -> 
     class SkipsEveryOtherStep(Trainer):
         @property
         def optimizer_step_was_skipped(self) -> bool:
-            return self._num_updates % 2 == 1
+            return self.num_updates % 2 == 1
 
     trainer = _trainer(cls=SkipsEveryOtherStep)
     trainer.train(
@@ -90,7 +90,7 @@ def test_scheduler_steps_once_per_real_update_and_not_after_a_skipped_step() -> 
             torch.optim.lr_scheduler.StepLR, step_size=1, gamma=0.5
         ),
     )
-    assert trainer._num_updates == 4
+    assert trainer.num_updates == 4
     assert trainer.scheduler.last_epoch == 2  # updates 0 and 2 stepped it, 1 and 3 were "skipped"
 
 

@@ -48,7 +48,7 @@ class RecordingTrainer(TrainerWithTimmScheduler):
 
     def eval_epoch_start(self):
         super().eval_epoch_start()
-        self.scheduler.calls.append(("eval", self._run_epoch + 1))
+        self.scheduler.calls.append(("eval", self.epochs_completed + 1))
 
 
 def run(num_samples=40, eval_dataset=None, **train_kwargs) -> RecordingTrainer:

@@ -316,4 +316,3 @@ class EvaluationMixin(BaseTrainer):
     def eval_epoch_end(self) -> None:
         """End of each evaluation epoch, before its loss is recorded. Extend with
         ``super().eval_epoch_end()`` called last."""
-

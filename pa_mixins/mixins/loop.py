@@ -67,7 +67,7 @@ from typing_extensions import override
 
 from pa_mixins.base import BaseTrainer, BatchOutput, SafePoint
 from pa_mixins.callbacks.core import StopTrainingError
-from pa_mixins.checkpoint_format import CheckpointError, state_position
+from pa_mixins.checkpoint_format import CheckpointError
 from pa_mixins.checks import check_batch_output, require_positive_int, require_positive_number
 from pa_mixins.data import (
     default_dataloader_kwargs,
@@ -77,6 +77,7 @@ from pa_mixins.data import (
     make_dataloader,
     resumed_epoch_loader,
 )
+from pa_mixins.run_position import RunPosition
 from pa_mixins.seeding import (
     capture_rng_state,
     draw_seed,
@@ -87,6 +88,7 @@ from pa_mixins.seeding import (
 from pa_mixins.tracking import LossTracker
 
 __all__ = ["TrainingLoopMixin"]
+
 
 class TrainingLoopMixin(BaseTrainer):
     """Adds :meth:`train` and the training hooks.
@@ -103,44 +105,28 @@ class TrainingLoopMixin(BaseTrainer):
         self._loss_tracker = LossTracker()
         self._user_max_steps: int | None = None
         self._shuffle_seed: int | None = None
-        self._reset_position()
+        self._position = RunPosition()
         super().__init__(*args, **kwargs)
-
-    def _reset_position(self) -> None:
-        self._num_updates = 0
-        self._run_epoch = 0
-        self._max_steps_reached = False
-        #: where the loop stands: "epoch_start", "train", "train_done", "eval_done", "ended"
-        self._phase = "epoch_start"
-        self._next_step = 0
-        #: index of the first micro-batch of the next epoch (> 0 when resuming mid-epoch)
-        self._first_step_of_epoch = 0
-        self._resume_phase: str | None = None
-        self._pending_rng: dict[str, Any] | None = None
-        self._pending_loss: dict[str, Any] | None = None
 
     @override
     def reset_run_state(self) -> None:
         super().reset_run_state()
-        self._reset_position()
+        self._position = RunPosition()
 
     @property
     @override
     def num_updates(self) -> int:
-        return self._num_updates
+        return self._position.num_updates
 
     @property
     @override
     def run_position(self) -> dict[str, Any]:
-        next_step = self._next_step if self._phase == "train" else 0
-        return state_position(
-            self._phase, self._run_epoch, next_step, self._num_updates, self._max_steps_reached
-        )
+        return self._position.as_dict()
 
     @property
     def epochs_completed(self) -> int:
         """The number of epochs completed in the current ``train()`` run (read-only)."""
-        return self._run_epoch
+        return self._position.epoch
 
     # ------------------------------------------------------------------------------------------
     # train()
@@ -274,9 +260,11 @@ class TrainingLoopMixin(BaseTrainer):
             shuffle_seed=self._shuffle_seed,
         )
         if has_length(dataloader) and len(dataloader) == 0:
-            drops_all = " and drop_last=True drops them all" if self._train_dl_kwargs.get(
-                "drop_last"
-            ) else ""
+            drops_all = (
+                " and drop_last=True drops them all"
+                if self._train_dl_kwargs.get("drop_last")
+                else ""
+            )
             raise ValueError(
                 "The training dataloader is empty: the training dataset has "
                 f"{len(self.train_dataset)} samples{drops_all}"
@@ -302,17 +290,18 @@ class TrainingLoopMixin(BaseTrainer):
         """Run the epochs (see the module docstring for the order of events)."""
         assert self.run_config is not None
         num_epochs = self.run_config.num_epochs
+        position = self._position
         with self.training_run_context():
             self.training_run_start()
             self.callback_handler.call_event("on_training_run_start", self)
-            if self._resume_phase == "ended":
+            if position.resume_phase == "ended":
                 self.print("\nNothing to resume: the training state was saved after its run ended")
-            while self._resume_phase != "ended" and (
-                num_epochs is None or self._run_epoch < num_epochs
+            while position.resume_phase != "ended" and (
+                num_epochs is None or position.epoch < num_epochs
             ):
                 try:
                     self._run_train_epoch(self._train_dataloader)
-                    evaluated = self._take_resume("eval_done") is not None
+                    evaluated = position.take_resume("eval_done") is not None
                     if self.eval_dataset is not None and not evaluated:
                         self._run_eval_epoch(self._eval_dataloader)
                         self._reach_safe_point("eval_done")
@@ -320,66 +309,49 @@ class TrainingLoopMixin(BaseTrainer):
                     self.call_loop_event("on_training_run_epoch_end")
                     self.agree_on_stop()
                     self.run_history._increment_epoch()
-                    self._run_epoch += 1
-                    self._phase = "epoch_start"
+                    position.epoch += 1
+                    position.phase = "epoch_start"
                 except StopTrainingError as error:
                     self.print(error)
                     self.callback_handler.call_event("on_stop_training_error", self, error=error)
                     break
-                if self._max_steps_reached:
+                if position.max_steps_reached:
                     if self._user_max_steps is not None:
                         self.print(
                             "\nReached the maximum number of training steps "
                             f"({self._user_max_steps}); ending training"
                         )
                     break
-            stopped = not self._max_steps_reached and (
-                num_epochs is None or self._run_epoch < num_epochs
+            stopped = not position.max_steps_reached and (
+                num_epochs is None or position.epoch < num_epochs
             )
-            self._phase = "ended" if stopped else "epoch_start"
-            self._resume_phase = None
+            position.phase = "ended" if stopped else "epoch_start"
+            position.resume_phase = None
             self.training_run_end()
             self.callback_handler.call_event("on_training_run_end", self)
 
-    def _take_resume(self, *phases: str) -> str | None:
-        """The phase the run resumes at, if it is one of ``phases`` (then it is used up)."""
-        phase = self._resume_phase
-        if phase is None or phase not in phases:
-            return None
-        self._resume_phase = None
-        return phase
-
     def _reach_safe_point(self, point: SafePoint) -> None:
         """A safe point between the parts of an epoch, where the position is ``point``."""
-        self._phase = point
+        self._position.phase = point
         self.at_safe_point(point)
-
-    def _set_sampler_epoch(self, dataloader: Any) -> None:
-        """Tell the loader which epoch starts, so its shuffled order is that epoch's.
-        Accelerate's loaders keep their own epoch count, which they hand to the sampler when
-        iterated: it is set too (a resumed run starts at a later epoch)."""
-        if hasattr(dataloader, "set_epoch"):
-            dataloader.set_epoch(self._run_epoch)
-        sampler, _ = find_shuffle_sampler(dataloader)
-        if sampler is not None:
-            sampler.set_epoch(self._run_epoch)
 
     def _run_train_epoch(self, train_dl: Any) -> None:
         """One pass over the training data (the rest of it when resuming inside it)."""
         assert self.run_config is not None
-        resume = self._take_resume("epoch_start", "train", "train_done", "eval_done")
+        position = self._position
+        resume = position.take_resume("epoch_start", "train", "train_done", "eval_done")
         if resume in ("train_done", "eval_done"):  # this epoch's training is in the history
             self._restore_rng()
-            self._resume_phase = "eval_done" if resume == "eval_done" else None
+            position.resume_phase = "eval_done" if resume == "eval_done" else None
             return
         if resume == "epoch_start":
             self._restore_rng()
         if resume != "train":
             self._reach_safe_point("epoch_start")
-        first_step, self._first_step_of_epoch = self._first_step_of_epoch, 0
-        self._phase, self._next_step = "train", first_step
-        self.batches_in_epoch = loader_length(train_dl)
+        first_step, position.first_step_of_epoch = position.first_step_of_epoch, 0
+        position.phase, position.next_step = "train", first_step
         limit = self.get_train_batch_limit()
+        self.batches_in_epoch = loader_length(train_dl)
         if limit is not None:
             self.batches_in_epoch = min(limit, self.batches_in_epoch or limit)
         self.train_epoch_start()
@@ -392,27 +364,7 @@ class TrainingLoopMixin(BaseTrainer):
             train_dl = self._resumed_epoch(train_dl, first_step)
         if limit is not None:
             train_dl = islice(train_dl, max(limit - first_step, 0))
-        max_updates = self.run_config.max_num_train_steps
-        for step, batch in enumerate(train_dl, start=first_step):
-            self.call_loop_event("on_train_step_start")
-            if self.is_update_step(step):
-                self._perform_forward_and_backward_passes(batch, step)
-                self._next_step = step + 1
-                self.agree_on_stop()
-                self._perform_optimizer_update()
-                if max_updates is not None and self._num_updates >= max_updates:
-                    self._max_steps_reached = True
-                    break
-            else:
-                with self.no_gradient_sync():
-                    self._perform_forward_and_backward_passes(batch, step)
-                self._next_step = step + 1
-                self.at_safe_point("micro_batch")
-        else:
-            self.agree_on_stop()
-            if self.has_pending_update():
-                self._perform_optimizer_update()
-            self._max_steps_reached = max_updates is not None and self._num_updates >= max_updates
+        self._run_train_batches(train_dl, first_step)
         self.agree_on_stop()
         self.train_epoch_end()
         self._add_epoch_loss_to_run_history("train_loss_epoch", self._loss_tracker)
@@ -420,13 +372,49 @@ class TrainingLoopMixin(BaseTrainer):
         self.agree_on_stop()
         self._reach_safe_point("train_done")
 
+    def _run_train_batches(self, train_dl: Iterable[Any], first_step: int) -> None:
+        """The micro-batches of an epoch, from micro-batch ``first_step``, and their updates."""
+        assert self.run_config is not None
+        position = self._position
+        max_updates = self.run_config.max_num_train_steps
+        for step, batch in enumerate(train_dl, start=first_step):
+            self.call_loop_event("on_train_step_start")
+            if self.is_update_step(step):
+                self._perform_forward_and_backward_passes(batch, step)
+                position.next_step = step + 1
+                self.agree_on_stop()
+                self._perform_optimizer_update()
+                if max_updates is not None and position.num_updates >= max_updates:
+                    position.max_steps_reached = True
+                    return
+            else:
+                with self.no_gradient_sync():
+                    self._perform_forward_and_backward_passes(batch, step)
+                position.next_step = step + 1
+                self.at_safe_point("micro_batch")
+        self.agree_on_stop()
+        if self.has_pending_update():
+            self._perform_optimizer_update()
+        position.max_steps_reached = max_updates is not None and position.num_updates >= max_updates
+
+    def _set_sampler_epoch(self, dataloader: Any) -> None:
+        """Tell the loader which epoch starts, so its shuffled order is that epoch's.
+        Accelerate's loaders keep their own epoch count, which they hand to the sampler when
+        iterated: it is set too (a resumed run starts at a later epoch)."""
+        if hasattr(dataloader, "set_epoch"):
+            dataloader.set_epoch(self._position.epoch)
+        sampler, _ = find_shuffle_sampler(dataloader)
+        if sampler is not None:
+            sampler.set_epoch(self._position.epoch)
+
     def _resumed_epoch(self, train_dl: Any, skip: int) -> Any:
         """The loader of the epoch the run resumes in, from micro-batch ``skip`` on; the
         random generators are restored just before its first batch is used."""
         assert self.run_config is not None
         max_updates = self.run_config.max_num_train_steps
-        if max_updates is not None and self._num_updates >= max_updates and has_length(train_dl):
-            skip = len(train_dl)  # the run stopped here
+        stopped_here = max_updates is not None and self._position.num_updates >= max_updates
+        if stopped_here and has_length(train_dl):
+            skip = len(train_dl)
         return resumed_epoch_loader(train_dl, skip, self.num_processes, self._restore_rng)
 
     def _perform_forward_and_backward_passes(self, batch: Any, step: int) -> BatchOutput:
@@ -449,8 +437,8 @@ class TrainingLoopMixin(BaseTrainer):
         self.optimizer_step()
         self.after_optimizer_step()
         self.optimizer_zero_grad()
-        self._num_updates += 1
-        self.call_loop_event("on_optimizer_step_end", num_updates=self._num_updates)
+        self._position.num_updates += 1
+        self.call_loop_event("on_optimizer_step_end", num_updates=self._position.num_updates)
         self.at_safe_point("update")
 
     # -- hooks ------------------------------------------------------------------------------------
@@ -521,12 +509,7 @@ class TrainingLoopMixin(BaseTrainer):
         super().load_training_state_dict(state, resume)
         if not resume:
             return
-        position = own["position"]
-        self._run_epoch = int(position["epoch"])
-        self._num_updates = int(position["num_updates"])
-        self._max_steps_reached = bool(position["max_steps_reached"])
-        self._phase = self._resume_phase = str(position["phase"])
-        self._first_step_of_epoch = int(position["next_step"]) if self._phase == "train" else 0
+        self._position.resume_at(own["position"])
         seed = own["shuffle_seed"]
         if seed is not None:  # the saved run's data order
             self._shuffle_seed = seed
@@ -543,7 +526,7 @@ class TrainingLoopMixin(BaseTrainer):
         tracker = self._loss_tracker
         state["loop"] = {
             "rng": capture_rng_state(),
-            "loss_tracker": tracker.state_dict() if self._phase == "train" else None,
+            "loss_tracker": tracker.state_dict() if self._position.phase == "train" else None,
         }
         return state
 
@@ -554,16 +537,16 @@ class TrainingLoopMixin(BaseTrainer):
         if not resume:
             restore_rng_state(own["rng"])
             return
-        self._pending_rng = own["rng"]
-        self._pending_loss = own["loss_tracker"]
+        self._position.pending_rng = own["rng"]
+        self._position.pending_loss = own["loss_tracker"]
 
     def _restore_rng(self) -> None:
         """Put back the resumed run's random generators (once, at the saved moment)."""
-        rng, self._pending_rng = self._pending_rng, None
+        rng, self._position.pending_rng = self._position.pending_rng, None
         if rng is not None:
             restore_rng_state(rng)
 
     def _restore_running_loss(self) -> None:
-        saved, self._pending_loss = self._pending_loss, None
+        saved, self._position.pending_loss = self._position.pending_loss, None
         if saved is not None:
             self._loss_tracker.load_state_dict(saved, device=self.device)

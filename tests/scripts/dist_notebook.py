@@ -29,7 +29,7 @@ def train(out_dir: str) -> None:
     out.mkdir(parents=True, exist_ok=True)
     result = {
         "num_processes": trainer.num_processes,
-        "num_updates": trainer._num_updates,
+        "num_updates": trainer.num_updates,
         "weights": [p.detach().flatten().tolist() for p in trainer.model.parameters()],
     }
     (out / f"rank{trainer.process_index}.json").write_text(json.dumps(result))

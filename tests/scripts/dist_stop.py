@@ -59,7 +59,7 @@ class NanOnRank1(Trainer):
 
     def calculate_train_batch_loss(self, batch: Any) -> dict[str, Any]:
         output = super().calculate_train_batch_loss(batch)
-        if self.process_index == 1 and self._num_updates == 2:
+        if self.process_index == 1 and self.num_updates == 2:
             output["loss"] = output["loss"] * float("nan")
         return output
 
@@ -87,8 +87,8 @@ def run(name: str, callbacks: tuple[Any, ...], trainer_cls: type = Trainer, **tr
         exit_code = exit_.code
     history = trainer.run_history
     return {
-        "num_updates": trainer._num_updates,
-        "epochs_completed": trainer._run_epoch,
+        "num_updates": trainer.num_updates,
+        "epochs_completed": trainer.epochs_completed,
         "metrics": {n: history.get_metric_values(n) for n in sorted(history.get_metric_names())},
         "weights": [p.detach().flatten().tolist() for p in trainer.model.parameters()],
         "error": record.error,
@@ -114,7 +114,7 @@ def main() -> None:
     results["nan"] = run("nan", (TerminateOnNaNCallback(),), trainer_cls=NanOnRank1)
     results["train_epoch_end"] = run(
         "train_epoch_end",
-        (StopWhen("on_train_epoch_end", 1, lambda t, **_: t._run_epoch == 1),),
+        (StopWhen("on_train_epoch_end", 1, lambda t, **_: t.epochs_completed == 1),),
     )
     results["eval_step_end"] = run(
         "eval_step_end", (StopWhen("on_eval_step_end", 0, lambda t, **_: True),)

@@ -58,7 +58,7 @@ def main() -> None:
         "rank": trainer.process_index,
         "num_processes": trainer.num_processes,
         "weights": [p.detach().flatten().tolist() for p in trainer.model.parameters()],
-        "num_updates": trainer._num_updates,
+        "num_updates": trainer.num_updates,
         "updates_per_epoch": config.num_update_steps_per_epoch,
         "num_epochs": config.num_epochs,
         "scheduler_steps": trainer.scheduler.last_epoch,
