@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from pa_mixins import Trainer
-from pa_mixins.callbacks import SaveTrainingStateCallback, TrainerCallback
+from pa_mixins.callbacks import SaveTrainingStateCallback, StopTrainingError, TrainerCallback
 from pa_mixins.trackers import (
     TRACKERS,
     CSVTracker,
@@ -573,3 +573,52 @@ def test_only_metrics_recorded_since_the_last_log_are_logged(tmp_path: pathlib.P
         ("log", 2, sorted([*base, "rare"])),  # a one-element tensor is a number; text is not
         ("log", 3, base),
     ]
+
+
+class StopAtEndOfEpoch2(TrainerCallback):
+    """Placed before the tracking callback: it never sees epoch 2 end."""
+
+    def on_training_run_epoch_end(self, trainer: Any, **kwargs: Any) -> None:
+        if trainer.run_history.current_epoch == 2:
+            raise StopTrainingError("stop after epoch 2")
+
+
+def test_an_epoch_cut_short_by_a_stop_is_logged_at_its_own_epoch_when_the_run_ends() -> None:
+    tracker = RecordingTracker()
+    trainer = _train([StopAtEndOfEpoch2(), TrackingCallback(tracker)], num_epochs=4)
+    assert len(trainer.run_history.get_metric_values("train_loss_epoch")) == 2
+    assert tracker.calls[1:] == [
+        ("log", 1, sorted([*LOSSES, "learning_rate"])),
+        ("log", 2, sorted(LOSSES)),
+        ("finish", False),
+    ]
+
+
+def test_evaluate_alone_opens_its_own_run_and_several_parameter_groups_have_a_rate_each() -> None:
+    tracker = RecordingTracker()
+    callback = TrackingCallback(tracker)
+    model = make_model()
+    first, _, last = model.children()
+    groups: list[dict[str, Any]] = [
+        {"params": first.parameters(), "lr": 0.1},
+        {"params": last.parameters()},
+    ]
+    optimizer = torch.optim.SGD(groups, lr=LR)
+    trainer = Trainer(model, nn.MSELoss(), optimizer, callbacks=(callback,))
+    trainer.evaluate(make_regression_data(12, seed=2), per_device_batch_size=5)
+    assert tracker.calls == [
+        ("start", callback.current_run_name),
+        ("log", 1, ["evaluation_loss"]),
+        ("finish", False),
+    ]
+    tracker.calls.clear()
+    trainer.train(
+        train_dataset=make_regression_data(NUM_TRAIN),
+        num_epochs=1,
+        per_device_batch_size=BATCH_SIZE,
+    )
+    assert tracker.calls[1] == (
+        "log",
+        1,
+        ["learning_rate_group_0", "learning_rate_group_1", "train_loss_epoch"],
+    )

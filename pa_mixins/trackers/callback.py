@@ -63,8 +63,10 @@ class TrackingCallback(TrainerCallback):
       recorded since the last log (a metric not updated in an epoch is not repeated), and the
       learning rate at the end of the epoch (``learning_rate``, or
       ``learning_rate_group_<i>`` for several parameter groups; ``log_learning_rate=False``
-      turns it off). Values that are not one number are skipped. Metrics recorded after the
-      last epoch ended (by ``training_run_end`` hooks) are logged at the last epoch.
+      turns it off). Values that are not one number are skipped. Metrics not logged yet when
+      the run ends (an epoch cut short by a ``StopTrainingError``, e.g. early stopping raised
+      before this callback saw the epoch end; values recorded by ``training_run_end`` hooks)
+      are logged then, at the epoch they belong to.
     * **evaluate().** The evaluation metrics are logged into this callback's last run,
       reopened (so ``evaluation_loss`` of a final test evaluation sits next to the training
       curves, at the last epoch), with the evaluation's run config under ``evaluate``; with
@@ -113,6 +115,7 @@ class TrackingCallback(TrainerCallback):
         self._opened_for_evaluation = False
         self._counts: dict[str, int] = {}
         self._last_step: int | None = None
+        self._epoch_seen: int | None = None  # the epoch of the latest epoch event
         self._exit_hook_registered = False
 
     # -- state -------------------------------------------------------------------------------
@@ -150,23 +153,20 @@ class TrackingCallback(TrainerCallback):
         self._pending = (None, self.hyperparameters(trainer))
         self._opened_for_evaluation = False
         self._last_step = None
+        self._epoch_seen = None
         self._count_recorded_values(trainer.run_history)
 
     def on_train_epoch_start(self, trainer: BaseTrainer, **kwargs: Any) -> None:
-        if _is_main(trainer):
-            self._open_pending_run()
+        self._in_epoch(trainer)
 
     def on_train_epoch_end(self, trainer: BaseTrainer, **kwargs: Any) -> None:
-        if _is_main(trainer):
-            self._open_pending_run()
+        self._in_epoch(trainer)
 
     def on_eval_epoch_start(self, trainer: BaseTrainer, **kwargs: Any) -> None:
-        if _is_main(trainer):
-            self._open_pending_run()
+        self._in_epoch(trainer)
 
     def on_eval_epoch_end(self, trainer: BaseTrainer, **kwargs: Any) -> None:
-        if _is_main(trainer):
-            self._open_pending_run()
+        self._in_epoch(trainer)
 
     def on_training_run_epoch_end(self, trainer: BaseTrainer, **kwargs: Any) -> None:
         if not _is_main(trainer):
@@ -181,8 +181,9 @@ class TrackingCallback(TrainerCallback):
             return
         self._open_pending_run()
         epoch = trainer.run_history.current_epoch
-        # After a complete epoch the history's counter has moved on to the next epoch.
-        step = self._last_step if self._last_step == epoch - 1 else epoch
+        # A run stopped inside an epoch (a StopTrainingError) ends in it; after a complete
+        # epoch the history's counter has already moved on to the next one.
+        step = epoch if self._epoch_seen == epoch else max(epoch - 1, 1)
         self._log_new_values(trainer, step, learning_rate=False)
         self.finish()
 
@@ -239,6 +240,11 @@ class TrackingCallback(TrainerCallback):
         self.finish(failed=True)
 
     # -- helpers -----------------------------------------------------------------------------
+
+    def _in_epoch(self, trainer: BaseTrainer) -> None:
+        if _is_main(trainer):
+            self._open_pending_run()
+            self._epoch_seen = trainer.run_history.current_epoch
 
     def _open_pending_run(self) -> None:
         if self._pending is None:
