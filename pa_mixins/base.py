@@ -30,7 +30,7 @@ import torch
 from torch import nn
 
 from pa_mixins.assembly import check_assembly
-from pa_mixins.callbacks.core import CallbackHandler
+from pa_mixins.callback_base import CallbackHandler
 from pa_mixins.checkpoint_format import check_model_fits, check_optimizer_fits
 from pa_mixins.data import loader_length
 from pa_mixins.run_config import TrainerRunConfig

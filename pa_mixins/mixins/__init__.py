@@ -1,5 +1,5 @@
-"""The mixins a trainer is assembled from. Put capability mixins left of
-``TrainingLoopMixin``, the adapter ``AccelerateMixin`` just before ``BaseTrainer``."""
+"""The mixins a trainer is assembled from: the capabilities in any order, then the adapter
+``AccelerateMixin`` and ``BaseTrainer`` last (checked when the class is created)."""
 
 from pa_mixins.mixins.accelerate import AccelerateMixin
 from pa_mixins.mixins.checkpointing import CheckpointMixin

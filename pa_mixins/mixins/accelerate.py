@@ -44,7 +44,7 @@ from torch import nn
 from typing_extensions import override
 
 from pa_mixins.base import BaseTrainer
-from pa_mixins.callbacks.core import StopTrainingError
+from pa_mixins.callback_base import StopTrainingError
 from pa_mixins.utils import remove_padding
 
 __all__ = ["AccelerateMixin", "notebook_launcher"]

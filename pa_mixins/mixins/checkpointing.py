@@ -77,7 +77,7 @@ import torch
 from typing_extensions import override
 
 from pa_mixins.base import BaseTrainer, SafePoint
-from pa_mixins.callbacks.core import StopTrainingError
+from pa_mixins.callback_base import StopTrainingError
 from pa_mixins.checkpoint_format import (
     MANIFEST_NAME,
     STATE_FORMAT,

@@ -19,7 +19,7 @@ from torch.utils.data import IterableDataset, Subset
 from typing_extensions import override
 
 from pa_mixins.base import BaseTrainer, BatchOutput
-from pa_mixins.callbacks.core import CallbackHandler, StopTrainingError
+from pa_mixins.callback_base import CallbackHandler, StopTrainingError
 from pa_mixins.checks import check_batch_output, require_positive_int
 from pa_mixins.data import default_dataloader_kwargs, make_dataloader
 from pa_mixins.tracking import LossTracker

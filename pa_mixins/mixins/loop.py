@@ -5,7 +5,7 @@ the public seams (``setup_scheduler``, ``is_update_step``, ...; see docs/mixins.
 mixins plug in::
 
     train(...):
-        check arguments; reset the run history (unless told not to)
+        check arguments; reset the run history (unless told not to); reset_run_state
         _begin_run (fresh Accelerator); seed
         create_train_dataloader / create_eval_dataloader; prepare for the hardware
         run config; setup_scheduler(create_scheduler_fn); resume_run(resume_from)
@@ -15,20 +15,22 @@ mixins plug in::
         training_run_start; on_training_run_start
         for each epoch:
             _run_train_epoch:
-                train_epoch_start; on_train_epoch_start; at_safe_point("epoch_start")
+                at_safe_point("epoch_start")
+                train_epoch_start; on_train_epoch_start
                 for step, batch in train loader (get_train_batch_limit batches at most):
                     on_train_step_start
-                    calculate_train_batch_loss
-                    on_train_step_end(batch, batch_output, step)     # before backward
-                    backward_step(loss_for_backward(batch_output))
-                    if is_update_step(step):
+                    if is_update_step(step):             # asked first: it decides the sync
+                        calculate_train_batch_loss
+                        on_train_step_end(batch, batch_output, step)     # before backward
+                        backward_step(loss_for_backward(batch_output))
                         before_optimizer_step            # accumulation scaling, clipping
                         optimizer_step; after_optimizer_step  # the scheduler steps here
                         optimizer_zero_grad
                         on_optimizer_step_end(num_updates); at_safe_point("update")
-                    else:
-                        at_safe_point("micro_batch")
-                if has_pending_update: the update        # an open accumulation group
+                        stop here once max_num_train_steps updates are done
+                    else (no gradient sync between processes):
+                        the same forward and backward pass; at_safe_point("micro_batch")
+                if has_pending_update: the update        # a short last accumulation group
                 train_epoch_end; record train_loss_epoch; on_train_epoch_end
                 at_safe_point("train_done")
             _run_eval_epoch (if an eval set):
@@ -66,7 +68,7 @@ import torch
 from typing_extensions import override
 
 from pa_mixins.base import BaseTrainer, BatchOutput, SafePoint
-from pa_mixins.callbacks.core import StopTrainingError
+from pa_mixins.callback_base import StopTrainingError
 from pa_mixins.checkpoint_format import CheckpointError
 from pa_mixins.checks import check_batch_output, require_positive_int, require_positive_number
 from pa_mixins.data import (
