@@ -21,9 +21,7 @@ Accelerate loop) and finds the same weights, bit for bit.
 
 from __future__ import annotations
 
-import atexit
 import os
-import pickle
 from collections.abc import Iterable
 from contextlib import AbstractContextManager, nullcontext
 from datetime import timedelta
@@ -45,6 +43,13 @@ from typing_extensions import override
 
 from pa_mixins.base import BaseTrainer
 from pa_mixins.callback_base import StopTrainingError
+from pa_mixins.distributed import (
+    DEFAULT_PROCESS_GROUP_TIMEOUT_S,
+    agreed_stop,
+    as_timedelta,
+    broadcast_buffers_from_main,
+    register_exit_handler,
+)
 from pa_mixins.utils import remove_padding
 
 __all__ = ["AccelerateMixin", "notebook_launcher"]
@@ -62,65 +67,6 @@ WORKING_CPU_LAUNCHES = (
     "ACCELERATE_USE_CPU=1 torchrun --standalone --nproc_per_node N script.py, or "
     "ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu --num_processes N script.py"
 )
-
-
-#: default of ``AccelerateMixin(process_group_timeout=...)``, in seconds
-DEFAULT_PROCESS_GROUP_TIMEOUT_S = 1800.0
-
-
-def _as_timedelta(timeout: float | timedelta) -> timedelta:
-    if isinstance(timeout, timedelta):
-        seconds = timeout.total_seconds()
-    elif isinstance(timeout, (int, float)) and not isinstance(timeout, bool):
-        seconds = float(timeout)
-    else:
-        raise TypeError(
-            f"process_group_timeout must be a number of seconds or a timedelta, got {timeout!r}"
-        )
-    if not seconds > 0:
-        raise ValueError(f"process_group_timeout must be positive, got {timeout!r}")
-    return timedelta(seconds=seconds)
-
-
-def _destroy_process_group_at_exit() -> None:
-    # Without this, gloo's threads can abort the interpreter at shutdown ("terminate called
-    # without an active exception") even after a successful run.
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        torch.distributed.destroy_process_group()
-
-
-_exit_handler_registered = False
-
-_stop_groups: dict[int, Any] = {}
-
-
-def _picklable(error: StopTrainingError | None) -> StopTrainingError | None:
-    """``error`` itself when it can be sent to the other processes, else a plain copy."""
-    if error is None:
-        return None
-    try:
-        pickle.loads(pickle.dumps(error))
-    except Exception:
-        return StopTrainingError(str(error))
-    return error
-
-
-def _stop_agreement_group(timeout: timedelta) -> Any:
-    """The process group for stop agreements: the default group when it is gloo, else one
-    gloo group (created once per process group, by every process at the same point)."""
-    if torch.distributed.get_backend() == "gloo":
-        return None
-    key = id(torch.distributed.group.WORLD)
-    if key not in _stop_groups:
-        _stop_groups[key] = torch.distributed.new_group(backend="gloo", timeout=timeout)
-    return _stop_groups[key]
-
-
-def _register_exit_handler() -> None:
-    global _exit_handler_registered
-    if not _exit_handler_registered:
-        atexit.register(_destroy_process_group_at_exit)
-        _exit_handler_registered = True
 
 
 def reset_accelerate_state() -> None:
@@ -157,7 +103,7 @@ class AccelerateMixin(BaseTrainer):
         **kwargs: Any,
     ) -> None:
         self.accelerator_kwargs: dict[str, Any] = dict(accelerator_kwargs or {})
-        self.process_group_timeout = _as_timedelta(process_group_timeout)
+        self.process_group_timeout = as_timedelta(process_group_timeout)
         self._defer_stops = False
         self._deferred_stop: StopTrainingError | None = None
         self._accelerator: Accelerator | None = None
@@ -205,7 +151,7 @@ class AccelerateMixin(BaseTrainer):
         accelerator = Accelerator(**kwargs)
         self._check_launch(accelerator)
         if accelerator.num_processes > 1:
-            _register_exit_handler()
+            register_exit_handler()
         return accelerator
 
     @staticmethod
@@ -466,18 +412,9 @@ class AccelerateMixin(BaseTrainer):
             if self.reduce_sum(flag).item() == 0:
                 return
             raise error or StopTrainingError("Another process stopped the run")
-        group = _stop_agreement_group(self.process_group_timeout)
-        flag = torch.tensor([0 if error is None else 1], dtype=torch.int32)
-        torch.distributed.all_reduce(flag, group=group)
-        if int(flag.item()) == 0:
-            return
-        errors: list[Any] = [None] * torch.distributed.get_world_size()
-        torch.distributed.all_gather_object(errors, _picklable(error), group=group)
-        if error is not None:
-            raise error
-        rank, first = next((r, e) for r, e in enumerate(errors) if e is not None)
-        first.process_index = rank
-        raise first
+        agreed = agreed_stop(error, self.process_group_timeout)
+        if agreed is not None:
+            raise agreed
 
     def _buffers_follow_main(self) -> bool:
         """Whether the prepared model is a DDP replica whose buffers DDP keeps equal to the
@@ -487,17 +424,6 @@ class AccelerateMixin(BaseTrainer):
             return False
         handler = getattr(acc, "ddp_handler", None)
         return handler is None or bool(getattr(handler, "broadcast_buffers", True))
-
-    @staticmethod
-    def _broadcast_buffers_from_main(module: nn.Module) -> None:
-        if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
-            return
-        works = [
-            torch.distributed.broadcast(buffer, src=0, async_op=True) for buffer in module.buffers()
-        ]
-        for work in works:
-            if work is not None:
-                work.wait()
 
     @override
     def model_for_evaluation(self) -> nn.Module:
@@ -510,7 +436,7 @@ class AccelerateMixin(BaseTrainer):
             return model
         module: nn.Module = model.module
         if self._buffers_follow_main():
-            self._broadcast_buffers_from_main(module)
+            broadcast_buffers_from_main(module)
         return module
 
     @override
@@ -520,7 +446,7 @@ class AccelerateMixin(BaseTrainer):
         each replica has its own), so every replica holds the same weights. Extend with
         ``super().training_run_end()`` called last."""
         if self._defer_stops and self._buffers_follow_main():
-            self._broadcast_buffers_from_main(self.model)
+            broadcast_buffers_from_main(self.model)
         super().training_run_end()
 
     @override

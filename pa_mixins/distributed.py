@@ -1,0 +1,114 @@
+"""What several processes need beyond Accelerate, with ``torch.distributed`` alone: the
+agreement on a stop, buffers taken from the first process, the process-group timeout and a
+clean shutdown. The adapter (``AccelerateMixin``) calls these; nothing here imports
+accelerate."""
+
+from __future__ import annotations
+
+import atexit
+import pickle
+from datetime import timedelta
+from typing import Any
+
+import torch
+from torch import nn
+
+from pa_mixins.callback_base import StopTrainingError
+
+__all__ = [
+    "DEFAULT_PROCESS_GROUP_TIMEOUT_S",
+    "agreed_stop",
+    "as_timedelta",
+    "broadcast_buffers_from_main",
+    "register_exit_handler",
+]
+
+#: default of ``AccelerateMixin(process_group_timeout=...)``, in seconds
+DEFAULT_PROCESS_GROUP_TIMEOUT_S = 1800.0
+
+
+def as_timedelta(timeout: float | timedelta) -> timedelta:
+    if isinstance(timeout, timedelta):
+        seconds = timeout.total_seconds()
+    elif isinstance(timeout, (int, float)) and not isinstance(timeout, bool):
+        seconds = float(timeout)
+    else:
+        raise TypeError(
+            f"process_group_timeout must be a number of seconds or a timedelta, got {timeout!r}"
+        )
+    if not seconds > 0:
+        raise ValueError(f"process_group_timeout must be positive, got {timeout!r}")
+    return timedelta(seconds=seconds)
+
+
+def _destroy_process_group_at_exit() -> None:
+    # Without this, gloo's threads can abort the interpreter at shutdown ("terminate called
+    # without an active exception") even after a successful run.
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
+
+
+_exit_handler_registered = False
+
+_stop_groups: dict[int, Any] = {}
+
+
+def _picklable(error: StopTrainingError | None) -> StopTrainingError | None:
+    """``error`` itself when it can be sent to the other processes, else a plain copy."""
+    if error is None:
+        return None
+    try:
+        pickle.loads(pickle.dumps(error))
+    except Exception:
+        return StopTrainingError(str(error))
+    return error
+
+
+def _stop_agreement_group(timeout: timedelta) -> Any:
+    """The process group for stop agreements: the default group when it is gloo, else one
+    gloo group (created once per process group, by every process at the same point)."""
+    if torch.distributed.get_backend() == "gloo":
+        return None
+    key = id(torch.distributed.group.WORLD)
+    if key not in _stop_groups:
+        _stop_groups[key] = torch.distributed.new_group(backend="gloo", timeout=timeout)
+    return _stop_groups[key]
+
+
+def register_exit_handler() -> None:
+    global _exit_handler_registered
+    if not _exit_handler_registered:
+        atexit.register(_destroy_process_group_at_exit)
+        _exit_handler_registered = True
+
+
+def agreed_stop(error: StopTrainingError | None, timeout: timedelta) -> StopTrainingError | None:
+    """Every process calls this with the stop it holds (or ``None``); all get back the same
+    answer: ``None`` when no process holds one, else the error of the lowest process that does
+    (this process's own error if it holds one), with ``process_index`` set to that process's.
+    One all-reduce of a flag on a gloo group (never waits for a GPU); the errors travel only
+    when there is one."""
+    group = _stop_agreement_group(timeout)
+    flag = torch.tensor([0 if error is None else 1], dtype=torch.int32)
+    torch.distributed.all_reduce(flag, group=group)
+    if int(flag.item()) == 0:
+        return None
+    errors: list[Any] = [None] * torch.distributed.get_world_size()
+    torch.distributed.all_gather_object(errors, _picklable(error), group=group)
+    if error is not None:
+        return error
+    rank, first = next((r, e) for r, e in enumerate(errors) if e is not None)
+    first.process_index = rank
+    return first
+
+
+def broadcast_buffers_from_main(module: nn.Module) -> None:
+    """Make ``module``'s buffers (e.g. BatchNorm statistics) equal to the first process's."""
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return
+    works = [
+        torch.distributed.broadcast(buffer, src=0, async_op=True) for buffer in module.buffers()
+    ]
+    for work in works:
+        if work is not None:
+            work.wait()
