@@ -15,6 +15,7 @@ from pa_mixins.callbacks import (
     CallbackMethodNotImplementedError,
     ConvertSyncBatchNormCallback,
     EarlyStoppingCallback,
+    IntervalMetricsCallback,
     LimitBatchesCallback,
     LimitEvalStepsCallback,
     LogMetricsCallback,
@@ -31,11 +32,13 @@ from pa_mixins.callbacks import (
     WSDCheckpointCallback,
     get_default_callbacks,
 )
+from pa_mixins.console import set_verbosity
 from pa_mixins.finetuning import BN_MODULES, Layer, LayerGroup, ModelFreezer
 from pa_mixins.mixins import (
     AccelerateMixin,
     CheckpointMixin,
     EvaluationMixin,
+    ExperimentTrackingMixin,
     GradientAccumulationMixin,
     MixedPrecisionMixin,
     SchedulerMixin,
@@ -95,8 +98,10 @@ __all__ = [
     "DataLoaderSlice",
     "EarlyStoppingCallback",
     "EvaluationMixin",
+    "ExperimentTrackingMixin",
     "GradientAccumulationMixin",
     "InMemoryRunHistory",
+    "IntervalMetricsCallback",
     "Layer",
     "LayerGroup",
     "LimitBatches",
@@ -142,6 +147,7 @@ __all__ = [
     "read_manifest",
     "remove_padding",
     "replace_trainer_placeholder_values",
+    "set_verbosity",
     "worker_init_fn",
     "world_process_zero_only",
 ]

@@ -96,6 +96,8 @@ class BaseTrainer:
     create_scheduler_fn: Callable[..., Any] | None = None
     #: micro-batches in the current training epoch, ``None`` if unknown (set by the loop)
     batches_in_epoch: int | None = None
+    #: the total gradient norm of the last update when clipping by norm (see last_grad_norm)
+    _last_grad_norm: torch.Tensor | None = None
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -197,6 +199,7 @@ class BaseTrainer:
     def _start_run_config(self, **config: Any) -> None:
         """Set :attr:`run_config` for the run that starts (see :meth:`_create_run_config`)."""
         self.run_config = self._create_run_config(**config)
+        self._last_grad_norm = None
 
     def _create_run_config(
         self,
@@ -346,6 +349,22 @@ class BaseTrainer:
         raise self._missing("num_updates", "TrainingLoopMixin")
 
     @property
+    def running_train_loss(self) -> tuple[torch.Tensor | float, torch.Tensor | int]:
+        """The current training epoch's running loss: the sum of the micro-batch losses
+        weighted by their batch sizes (a tensor on the device once a batch ran) and the number
+        of samples, on this process, as the loop keeps them (read-only; the sum is updated in
+        place). Reading the sum makes the host wait for the device: read it once per interval,
+        not per step (``IntervalMetricsCallback`` does)."""
+        raise self._missing("running_train_loss", "TrainingLoopMixin")
+
+    @property
+    def last_grad_norm(self) -> torch.Tensor | None:
+        """The total gradient norm (before clipping) of the last optimizer update, a tensor on
+        the device, when the run clips by norm (``gradient_clip_norm``); ``None`` otherwise
+        (no norm is computed then). Read-only."""
+        return self._last_grad_norm
+
+    @property
     def run_position(self) -> dict[str, Any]:
         """Where the run stands: ``phase``, ``epoch``, ``next_step``, ``num_updates`` and
         ``max_steps_reached`` (see :func:`~pa_mixins.checkpoint_format.state_position`)."""
@@ -399,8 +418,12 @@ class BaseTrainer:
         """A context in which backward passes do not synchronise gradients across processes."""
         raise self._missing("no_gradient_sync")
 
-    def unscale_and_clip_gradients(self, clip_value: float | None, clip_norm: float | None) -> None:
-        """Unscale the gradients (fp16), then clip them by value and/or total norm."""
+    def unscale_and_clip_gradients(
+        self, clip_value: float | None, clip_norm: float | None
+    ) -> torch.Tensor | None:
+        """Unscale the gradients (fp16), then clip them by value and/or total norm; return the
+        total norm that clipping by norm computed (before clipping, a tensor on the device), or
+        ``None`` when clipping by value only."""
         raise self._missing("unscale_and_clip_gradients")
 
     def reduce_sum(self, tensor: torch.Tensor) -> torch.Tensor:
@@ -537,7 +560,9 @@ class BaseTrainer:
         if config is not None and (
             config.gradient_clip_value is not None or config.gradient_clip_norm is not None
         ):
-            self.unscale_and_clip_gradients(config.gradient_clip_value, config.gradient_clip_norm)
+            self._last_grad_norm = self.unscale_and_clip_gradients(
+                config.gradient_clip_value, config.gradient_clip_norm
+            )
 
     def after_optimizer_step(self) -> None:
         """Between the optimizer step and ``zero_grad``: ``SchedulerMixin`` steps the

@@ -98,6 +98,19 @@ class TrainerCallback:
     def on_stop_training_error(self, trainer: BaseTrainer, **kwargs: Any) -> None:
         """A :class:`StopTrainingError` ended the run early; ``error`` is the exception."""
 
+    def on_exception(self, trainer: BaseTrainer, **kwargs: Any) -> None:
+        """A ``train()`` or ``evaluate()`` run is ending by an exception other than a
+        :class:`StopTrainingError` (``error``, the exception), which is raised again after
+        this event: close what the callback opened (progress bars, files, tracker runs). The
+        end-of-run events do not fire."""
+
+    def on_interval_metrics(self, trainer: BaseTrainer, **kwargs: Any) -> None:
+        """Every N optimizer updates, the metrics of the interval (``metrics``: name to
+        float) at ``num_updates``, fired by
+        :class:`~pa_mixins.callbacks.IntervalMetricsCallback` right after its
+        ``on_optimizer_step_end``. The values were read from the device once for the whole
+        interval; they are the same on every process."""
+
     def on_stop_signal(self, trainer: BaseTrainer, **kwargs: Any) -> None:
         """SIGTERM or Ctrl-C arrived and the run is at the next safe point, about to stop
         (``signal_name``); the place to save a training state (``CheckpointMixin``)."""

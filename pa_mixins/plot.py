@@ -1,4 +1,4 @@
-"""A picture of a run: its metrics per epoch drawn to a PNG file.
+"""A picture of a run: its metrics per epoch (and per interval) drawn to a PNG file.
 
 From a run folder written by :class:`~pa_mixins.trackers.CSVTracker`::
 
@@ -9,7 +9,10 @@ From a trainer, in memory: ``plot_run_history(trainer.run_history, "run.png")``.
 
 One panel per group: every metric whose name contains ``loss`` together (training and
 evaluation losses on the same axes), then each other metric alone, then the learning rate(s)
-(on a log scale when they span more than a factor of 20). Drawn with matplotlib's Agg
+(on a log scale when they span more than a factor of 20). A run folder with interval metrics
+(its ``steps.csv``: ``train_loss_step``, ``learning_rate_step``, ``samples_per_second``...)
+gets the same panels for them after the epoch ones, against the optimizer update, titled
+``... per interval``. Drawn with matplotlib's Agg
 backend (no display needed; pyplot and its global state are not used). Needs matplotlib:
 ``pip install 'pa_mixins[plot]'``.
 """
@@ -25,7 +28,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pa_mixins.trackers.base import to_float
-from pa_mixins.trackers.csv_tracker import METRICS_FILENAME, read_metrics_csv
+from pa_mixins.trackers.csv_tracker import METRICS_FILENAME, STEPS_FILENAME, read_metrics_csv
 
 if TYPE_CHECKING:
     from pa_mixins.tracking import RunHistory
@@ -80,32 +83,44 @@ def plot_metrics(
     title: str | None = None,
     x_label: str = "epoch",
     dpi: int = 100,
+    interval_series: Series | None = None,
 ) -> Path:
     """Draw ``series`` (metric name -> ``(x, value)`` points) to the PNG file ``path``, one
-    panel per group of :func:`group_metrics`; return the path. The image is
-    ``columns * 6`` by ``rows * 3.5`` inches at ``dpi`` (two panels per row at most)."""
-    series = {name: list(points) for name, points in series.items() if points}
-    if not series:
+    panel per group of :func:`group_metrics`, then the panels of ``interval_series`` (the
+    same, against the optimizer update); return the path. The image is ``columns * 6`` by
+    ``rows * 3.5`` inches at ``dpi`` (two panels per row at most)."""
+    epochs: dict[str, list[tuple[float, float]]] = {
+        name: list(points) for name, points in series.items() if points
+    }
+    intervals: dict[str, list[tuple[float, float]]] = {
+        name: list(points) for name, points in (interval_series or {}).items() if points
+    }
+    if not epochs and not intervals:
         raise ValueError("There is no metric value to plot")
     Figure, FigureCanvasAgg, MaxNLocator = _require_matplotlib()
-    groups = group_metrics(series)
+    panels = [(group, names, epochs, x_label) for group, names in group_metrics(epochs)]
+    panels += [
+        (f"{group} per interval", names, intervals, "optimizer update")
+        for group, names in group_metrics(intervals)
+    ]
+    groups = panels
     columns = min(MAX_COLUMNS, len(groups))
     rows = math.ceil(len(groups) / columns)
     figure = Figure(figsize=(PANEL_SIZE[0] * columns, PANEL_SIZE[1] * rows), dpi=dpi)
     FigureCanvasAgg(figure)
     figure.set_layout_engine("constrained")
     axes = figure.subplots(rows, columns, squeeze=False)
-    for index, (group, names) in enumerate(groups):
+    for index, (group, names, data, axis_label) in enumerate(groups):
         ax = axes[index // columns][index % columns]
         for name in names:
-            xs = [x for x, _ in series[name]]
-            ys = [y for _, y in series[name]]
+            xs = [x for x, _ in data[name]]
+            ys = [y for _, y in data[name]]
             ax.plot(xs, ys, marker="o", markersize=3, linewidth=1.5, label=name)
         ax.set_title(group)
-        ax.set_xlabel(x_label)
+        ax.set_xlabel(axis_label)
         ax.grid(True, alpha=0.3)
-        if group == "learning rate":
-            values = [y for name in names for _, y in series[name] if math.isfinite(y)]
+        if group.startswith("learning rate"):
+            values = [y for name in names for _, y in data[name] if math.isfinite(y)]
             if values and min(values) > 0 and max(values) / min(values) > 20:
                 ax.set_yscale("log")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
@@ -145,15 +160,23 @@ def plot_run_dir(
     title: str | None = None,
 ) -> Path:
     """Draw the ``metrics.csv`` of a run folder (or that file itself) to ``path`` (default:
-    ``metrics.png`` next to the CSV file)."""
+    ``metrics.png`` next to the CSV file), and the interval metrics of the ``steps.csv`` beside
+    it, if there is one."""
     run_dir = Path(run_dir)
     csv_path = run_dir if run_dir.is_file() else run_dir / METRICS_FILENAME
-    data = read_metrics_csv(csv_path)
-    series = {
-        name: [(float(step), value) for step, value in points] for name, points in data.items()
-    }
+    series = _points(read_metrics_csv(csv_path))
+    steps_path = csv_path.parent / STEPS_FILENAME
+    intervals = _points(read_metrics_csv(steps_path)) if steps_path.exists() else {}
     output = Path(path) if path is not None else csv_path.parent / DEFAULT_IMAGE_NAME
-    return plot_metrics(series, output, title=title or csv_path.parent.name)
+    return plot_metrics(
+        series, output, title=title or csv_path.parent.name, interval_series=intervals
+    )
+
+
+def _points(
+    data: Mapping[str, Sequence[tuple[int, float]]],
+) -> dict[str, list[tuple[float, float]]]:
+    return {name: [(float(step), value) for step, value in points] for name, points in data.items()}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -11,6 +11,7 @@ from pa_mixins.mixins import (
     AccelerateMixin,
     CheckpointMixin,
     EvaluationMixin,
+    ExperimentTrackingMixin,
     GradientAccumulationMixin,
     MixedPrecisionMixin,
     SchedulerMixin,
@@ -31,6 +32,7 @@ __all__ = [
 
 
 class Trainer(
+    ExperimentTrackingMixin,
     CheckpointMixin,
     SchedulerMixin,
     MixedPrecisionMixin,
@@ -41,10 +43,12 @@ class Trainer(
     BaseTrainer,
 ):
     """The everyday trainer: training loop and evaluation with schedulers, mixed precision,
-    gradient accumulation, checkpoints and exact resume, on any hardware Accelerate supports.
+    gradient accumulation, checkpoints and exact resume, on any hardware Accelerate supports;
+    metrics every N updates and, if asked, experiment trackers.
 
     ``Trainer(model, loss_func, optimizer, callbacks=DEFAULT_CALLBACKS, run_history=None,
-    *, mixed_precision=None, accelerator_kwargs=None, process_group_timeout=1800)``
+    *, mixed_precision=None, accelerator_kwargs=None, process_group_timeout=1800,
+    log_with=None, project_dir=None, log_every_n_steps=50)``
     """
 
     default_callbacks = DEFAULT_CALLBACKS

@@ -67,7 +67,18 @@ def test_training_lowers_the_loss_and_evaluation_matches_a_direct_computation() 
     assert trainer.run_history.get_metric_values("evaluation_loss") == [
         pytest.approx(direct, rel=1e-5)
     ]
+    # evaluate() keeps the training history (pytorch-accelerated cleared it, issue 12 part 7)
+    assert trainer.run_history.get_metric_names() == {
+        "train_loss_epoch",
+        "eval_loss_epoch",
+        "evaluation_loss",
+    }
+    assert trainer.run_history.get_metric_values("eval_loss_epoch") == eval_losses
+    trainer.evaluate(dataset=data, per_device_batch_size=5, reset_run_history=True)
     assert trainer.run_history.get_metric_names() == {"evaluation_loss"}
+    assert trainer.run_history.get_metric_values("evaluation_loss") == [
+        pytest.approx(direct, rel=1e-5)
+    ]
 
 
 def test_readme_quickstart_runs_with_the_pytorch_accelerated_names() -> None:
@@ -157,10 +168,11 @@ def test_default_callbacks_match_pytorch_accelerated() -> None:
 
 
 def test_ready_made_trainers_have_the_documented_mro() -> None:
-    from pa_mixins.mixins import CheckpointMixin
+    from pa_mixins.mixins import CheckpointMixin, ExperimentTrackingMixin
 
     assert Trainer.__mro__ == (
         Trainer,
+        ExperimentTrackingMixin,
         CheckpointMixin,
         SchedulerMixin,
         MixedPrecisionMixin,
@@ -411,9 +423,7 @@ def test_gather_and_get_model_on_one_process() -> None:
     assert trainer.get_model() is compiled
 
 
-def test_the_loop_reads_nothing_from_the_device_per_step(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Device-to-host reads happen per epoch, never per step: the count is the same for an
-    epoch of 2 steps and one of 16."""
+def _count_device_reads(monkeypatch: pytest.MonkeyPatch) -> dict[str, int]:
     reads = {"count": 0}
     for name in ("item", "tolist", "__bool__", "__float__", "__int__", "__index__", "numpy"):
         original = getattr(torch.Tensor, name)
@@ -425,11 +435,19 @@ def test_the_loop_reads_nothing_from_the_device_per_step(monkeypatch: pytest.Mon
             return _original(self, *args, **kwargs)
 
         monkeypatch.setattr(torch.Tensor, name, counting)
+    return reads
+
+
+def test_the_loop_reads_nothing_from_the_device_per_step(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Device-to-host reads happen per epoch, never per step: the count is the same for an
+    epoch of 2 steps and one of 16 (interval logging on, at its default of 50 updates)."""
+    reads = _count_device_reads(monkeypatch)
 
     def reads_for(num_samples: int) -> int:
         model = make_model()
         callbacks = [c for c in DEFAULT_CALLBACKS if c is not TerminateOnNaNCallback]
         trainer = Trainer(model, nn.MSELoss(), _sgd(model), callbacks=callbacks)
+        assert trainer.log_every_n_steps == 50
         data = make_regression_data(num_samples)
         trainer.train(
             train_dataset=data,
@@ -450,6 +468,48 @@ def test_the_loop_reads_nothing_from_the_device_per_step(monkeypatch: pytest.Mon
         return reads["count"] - before
 
     assert reads_for(8) == reads_for(64)
+
+
+def test_interval_logging_reads_once_per_interval_not_per_step(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """With interval metrics every N updates (shown on the bar, logged, sent to a tracker), the
+    reads grow with the number of intervals, whatever their length."""
+    from pa_mixins.trackers import Tracker
+
+    class NullTracker(Tracker):
+        def start(self, run_name: str, config: Any) -> None:
+            self.run_name = run_name
+
+        def log_metrics(self, metrics: Any, step: int) -> None:
+            pass
+
+        def finish(self, failed: bool = False) -> None:
+            self.run_name = None
+
+    reads = _count_device_reads(monkeypatch)
+
+    def reads_for(num_samples: int, every: int) -> int:
+        model = make_model()
+        callbacks = [c for c in DEFAULT_CALLBACKS if c is not TerminateOnNaNCallback]
+        trainer = Trainer(
+            model,
+            nn.MSELoss(),
+            _sgd(model),
+            callbacks=callbacks,
+            log_every_n_steps=every,
+            log_with=NullTracker(),
+        )
+        before = reads["count"]
+        trainer.train(train_dataset=make_regression_data(num_samples), num_epochs=1, seed=1)
+        return reads["count"] - before
+
+    # batch 8: updates per epoch = samples / 8
+    one_short, one_long = reads_for(16, 2), reads_for(128, 16)  # 1 interval of 2 / 16 updates
+    assert one_short == one_long
+    two, four = reads_for(32, 2), reads_for(64, 2)  # 2 and 4 intervals of 2 updates
+    per_interval = two - one_short
+    assert per_interval == 1 and four - two == 2 * per_interval  # the one .tolist()
 
 
 class NaNAtUpdate(Trainer):

@@ -56,6 +56,8 @@ EVENTS = [
     "on_evaluation_run_start",
     "on_evaluation_run_end",
     "on_stop_training_error",
+    "on_exception",
+    "on_interval_metrics",
 ]
 
 
@@ -301,9 +303,10 @@ class Golden:
     """The expected calls, built in the order of the loop (the docstring of
     pa_mixins/mixins/loop.py, corrected where noted), one part of the run at a time."""
 
-    def __init__(self, trainer_cls: type, accumulation: int) -> None:
+    def __init__(self, trainer_cls: type, accumulation: int, log_every: int = 50) -> None:
         self.scheduler = {Trainer: "torch", TrainerWithTimmScheduler: "timm"}.get(trainer_cls)
         self.accumulation = accumulation
+        self.log_every = log_every  # the interval of IntervalMetricsCallback
         self.updates = 0
 
     def setup(self) -> list[str]:
@@ -333,6 +336,8 @@ class Golden:
             *scheduler,  # SchedulerMixin steps it inside after_optimizer_step
             "optimizer_zero_grad",
             "on_optimizer_step_end",
+            # fired by IntervalMetricsCallback (added by the trainer after the callbacks given)
+            *(["on_interval_metrics"] if self.updates % self.log_every == 0 else []),
             "at_safe_point:update",
         ]
 
@@ -412,7 +417,7 @@ class Golden:
         ]
 
 
-def _record_a_run(trainer_cls: type, accumulation: int) -> list[str]:
+def _record_a_run(trainer_cls: type, accumulation: int, **trainer_options: Any) -> list[str]:
     calls: list[str] = []
     model = make_model()
     trainer = _recording_class(trainer_cls, calls)(
@@ -420,6 +425,7 @@ def _record_a_run(trainer_cls: type, accumulation: int) -> list[str]:
         nn.MSELoss(),
         torch.optim.SGD(model.parameters(), lr=0.01),
         callbacks=[RecordingCallback(calls)],
+        **trainer_options,
     )
     options: dict[str, Any] = {}
     if trainer_cls is Trainer:
@@ -461,6 +467,50 @@ def test_hooks_seams_and_events_follow_the_golden_order(
     assert calls == expected
     updates_per_epoch = 5 if accumulation == 1 else 3
     assert calls.count("on_optimizer_step_end") == EPOCHS * updates_per_epoch
+
+
+@pytest.mark.parametrize("accumulation", [1, 2])
+def test_interval_metrics_fire_after_the_update_that_ends_each_interval(accumulation: int) -> None:
+    golden = Golden(Trainer, accumulation, log_every=2)
+    expected = ["on_init_end", "train()", *golden.train(), "evaluate()", *golden.evaluate()]
+    calls = _record_a_run(Trainer, accumulation, log_every_n_steps=2)
+    assert calls == expected
+    assert calls.count("on_interval_metrics") == EPOCHS * (5 if accumulation == 1 else 3) // 2
+
+
+def test_an_exception_fires_on_exception_and_no_end_of_run_event() -> None:
+    calls: list[str] = []
+
+    class FailsAtSecondStep(TrainerCallback):
+        def on_train_step_end(self, trainer: Any, step: int, **kwargs: Any) -> None:
+            if step == 1:
+                raise RuntimeError("boom")
+
+    model = make_model()
+    trainer = _recording_class(Trainer, calls)(
+        model,
+        nn.MSELoss(),
+        torch.optim.SGD(model.parameters(), lr=0.01),
+        callbacks=[RecordingCallback(calls), FailsAtSecondStep()],
+    )
+    with pytest.raises(RuntimeError, match="boom"):
+        trainer.train(train_dataset=make_regression_data(8), num_epochs=2, per_device_batch_size=2)
+    assert calls[-3:] == ["calculate_train_batch_loss", "on_train_step_end", "on_exception"]
+    assert "training_run_end" not in calls and "on_stop_training_error" not in calls
+
+    calls.clear()
+    with pytest.raises(RuntimeError, match="boom"):
+        trainer.evaluate(_Exploding(), per_device_batch_size=2)
+    assert calls[-2:] == ["on_eval_epoch_start", "on_exception"]  # the first batch failed
+    assert "evaluation_run_end" not in calls
+
+
+class _Exploding(torch.utils.data.Dataset):
+    def __len__(self) -> int:
+        return 4
+
+    def __getitem__(self, index: int) -> Any:
+        raise RuntimeError("boom in the data")
 
 
 def test_the_minimal_trainer_refuses_accumulation() -> None:

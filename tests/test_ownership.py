@@ -38,6 +38,7 @@ EXPECTED_OWNERS: dict[str, str] = {
     "run_config": "BaseTrainer",
     "_train_dataloader": "BaseTrainer",
     "_eval_dataloader": "BaseTrainer",
+    "_last_grad_norm": "BaseTrainer",  # what clipping by norm returned (last_grad_norm)
     # TrainingLoopMixin: the run's position, its random state and the running loss
     "_loss_tracker": "TrainingLoopMixin",
     "_user_max_steps": "TrainingLoopMixin",
@@ -63,6 +64,10 @@ EXPECTED_OWNERS: dict[str, str] = {
     "_stop_signals": "CheckpointMixin",
     "stop_signal": "CheckpointMixin",
     "resumed_from": "CheckpointMixin",
+    # ExperimentTrackingMixin: its options (the callbacks it adds live in the handler)
+    "log_with": "ExperimentTrackingMixin",
+    "project_dir": "ExperimentTrackingMixin",
+    "log_every_n_steps": "ExperimentTrackingMixin",
     # AccelerateMixin: the Accelerator of the run and what the adapter decided for it
     "_accelerator": "AccelerateMixin",
     "accelerator_kwargs": "AccelerateMixin",
@@ -231,6 +236,7 @@ def test_the_scan_sees_every_trainer_class_of_the_package() -> None:
         "AccelerateMixin",
         "CheckpointMixin",
         "EvaluationMixin",
+        "ExperimentTrackingMixin",
         "GradientAccumulationMixin",
         "MixedPrecisionMixin",
         "SchedulerMixin",

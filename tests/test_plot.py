@@ -69,7 +69,7 @@ def _assert_drawn(panel: np.ndarray, colours: tuple[tuple[int, int, int], ...]) 
 
 
 def test_plot_command_draws_a_run_folder(tmp_path: pathlib.Path) -> None:
-    callback = TrackingCallback("csv", tmp_path / "runs")
+    callback = TrackingCallback("csv", tmp_path / "runs", log_epoch_time=False)
     _train((callback,))
     run_dir = tmp_path / "runs" / str(callback.current_run_name)
     out = tmp_path / "pictures" / "run.png"
@@ -96,7 +96,7 @@ def test_plot_command_draws_a_run_folder(tmp_path: pathlib.Path) -> None:
 def test_plot_main_writes_next_to_the_csv_by_default_and_reports_a_missing_file(
     tmp_path: pathlib.Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    callback = TrackingCallback("csv", tmp_path, log_learning_rate=False)
+    callback = TrackingCallback("csv", tmp_path, log_learning_rate=False, log_epoch_time=False)
     _train((callback,), num_epochs=2)
     run_dir = tmp_path / str(callback.current_run_name)
 
@@ -107,6 +107,38 @@ def test_plot_main_writes_next_to_the_csv_by_default_and_reports_a_missing_file(
 
     assert main([str(tmp_path / "nothing_here")]) == 1
     assert "No metrics file" in capsys.readouterr().err
+
+
+def test_a_run_folder_with_interval_metrics_gets_their_panels_against_updates(
+    tmp_path: pathlib.Path,
+) -> None:
+    model = make_model()
+    trainer = Trainer(
+        model,
+        nn.MSELoss(),
+        torch.optim.SGD(model.parameters(), lr=0.05),
+        callbacks=(),
+        log_with="csv",
+        project_dir=tmp_path,
+        log_every_n_steps=2,
+    )
+    trainer.train(
+        train_dataset=make_regression_data(32),
+        eval_dataset=make_regression_data(16, seed=1),
+        num_epochs=3,
+        per_device_batch_size=8,
+        create_scheduler_fn=lambda opt: torch.optim.lr_scheduler.ExponentialLR(opt, gamma=0.9),
+    )
+    assert trainer.tracking_callback is not None
+    run_dir = tmp_path / str(trainer.tracking_callback.current_run_name)
+    assert main([str(run_dir)]) == 0
+    image = _image(run_dir / "metrics.png")
+    # per epoch: loss, epoch_time, learning rate; per interval: loss, samples/s, updates/s,
+    # learning rate: 7 panels, two per row
+    assert image.shape[:2] == (4 * PANEL[0], 2 * PANEL[1])
+    for index in range(7):
+        _assert_drawn(_panel(image, index // 2, index % 2), (BLUE,))
+    assert _pixels_of(_panel(image, 3, 1), BLUE) == 0  # the eighth panel is hidden
 
 
 def test_plot_run_history_draws_a_trainer_history(tmp_path: pathlib.Path) -> None:

@@ -64,11 +64,15 @@ def test_metrics_examples_record_metrics_for_every_evaluation(example: Any) -> N
     # eval_epoch_end.
     trainer = example.main()
     history = trainer.run_history
-    # evaluate() resets the history: one evaluation epoch is left
+    # evaluate() keeps the training history (pytorch-accelerated reset it, issue 12 part 7):
+    # one value per training epoch's evaluation, then the final evaluate()'s
     assert history.get_metric_names() >= {"evaluation_loss", "accuracy", "precision", "recall"}
+    epochs = len(history.get_metric_values("train_loss_epoch"))
+    assert epochs >= 1 and len(history.get_metric_values("evaluation_loss")) == 1
     for name in ("accuracy", "precision", "recall"):
-        (value,) = history.get_metric_values(name)
-        assert 0 <= float(value) <= 1
+        values = history.get_metric_values(name)
+        assert len(values) == epochs + 1
+        assert all(0 <= float(value) <= 1 for value in values)
 
 
 def test_hf_bert_example_runs_with_loss_func_none_and_its_own_scheduler() -> None:

@@ -107,7 +107,14 @@ def test_csv_tracker_writes_the_run_history_and_the_configuration(tmp_path: path
     assert sorted(p.name for p in run_dir.iterdir()) == ["config.json", "metrics.csv"]
 
     header, rows = _csv_table(run_dir / "metrics.csv")
-    assert header == ["step", "train_loss_epoch", "eval_loss_epoch", "learning_rate"]
+    assert header == [
+        "step",
+        "train_loss_epoch",
+        "eval_loss_epoch",
+        "learning_rate",
+        "epoch_time",
+    ]
+    assert all(0 < float(row["epoch_time"]) < 60 for row in rows)
     assert [int(row["step"]) for row in rows] == [1, 2, 3]
     for name in LOSSES:  # full precision: the very same floats
         assert [float(row[name]) for row in rows] == history[name]
@@ -364,9 +371,9 @@ class FailsInEpoch2(Trainer):
             raise RuntimeError("boom in epoch 2")
 
 
-def test_a_run_ended_by_an_exception_is_finished_as_failed_and_finish_is_idempotent() -> None:
+def test_a_run_ended_by_an_exception_is_finished_as_failed_at_once() -> None:
     tracker = RecordingTracker()
-    callback = TrackingCallback(tracker, log_learning_rate=False)
+    callback = TrackingCallback(tracker, log_learning_rate=False, log_epoch_time=False)
     model = make_model()
     trainer = FailsInEpoch2(
         model, nn.MSELoss(), torch.optim.SGD(model.parameters(), lr=LR), callbacks=(callback,)
@@ -376,15 +383,18 @@ def test_a_run_ended_by_an_exception_is_finished_as_failed_and_finish_is_idempot
     with pytest.raises(RuntimeError, match="boom in epoch 2"):
         trainer.train(train_dataset=data, num_epochs=3, per_device_batch_size=BATCH_SIZE)
     failed_run = callback.current_run_name
-    assert tracker.calls == [("start", failed_run), ("log", 1, ["train_loss_epoch"])]
-    assert tracker.is_running and callback.is_running
+    assert tracker.calls == [
+        ("start", failed_run),
+        ("log", 1, ["train_loss_epoch"]),
+        ("finish", True),  # on_exception, before the error left train()
+    ]
+    assert not tracker.is_running and not callback.is_running
 
-    trainer.fail = False  # the next run finishes the failed one first
+    trainer.fail = False
     trainer.train(train_dataset=data, num_epochs=1, per_device_batch_size=BATCH_SIZE)
     new_run = callback.current_run_name
     assert new_run != failed_run
-    assert tracker.calls[2:] == [
-        ("finish", True),
+    assert tracker.calls[3:] == [
         ("start", new_run),
         ("log", 1, ["train_loss_epoch"]),
         ("finish", False),
@@ -392,6 +402,48 @@ def test_a_run_ended_by_an_exception_is_finished_as_failed_and_finish_is_idempot
     callback.finish()
     callback.finish(failed=True)
     assert len(tracker.calls) == 6 and not callback.is_running
+
+
+class FailsInEvaluation(Trainer):
+    def calculate_eval_batch_loss(self, batch: Any) -> dict[str, Any]:
+        raise RuntimeError("boom in evaluate")
+
+
+def test_trackers_set_by_log_with_finish_as_failed_when_train_or_evaluate_raises() -> None:
+    tracker = RecordingTracker()
+    model = make_model()
+    trainer = FailsInEvaluation(
+        model, nn.MSELoss(), torch.optim.SGD(model.parameters(), lr=LR), log_with=tracker
+    )
+    callback = trainer.tracking_callback
+    assert callback is not None and callback.trackers == [tracker]
+    data = make_regression_data(NUM_TRAIN)
+    with pytest.raises(RuntimeError, match="boom in evaluate"):
+        trainer.train(
+            train_dataset=data, eval_dataset=data, num_epochs=2, per_device_batch_size=BATCH_SIZE
+        )
+    assert tracker.calls[-1] == ("finish", True) and not tracker.is_running
+    tracker.calls.clear()
+    with pytest.raises(RuntimeError, match="boom in evaluate"):
+        trainer.evaluate(data, per_device_batch_size=BATCH_SIZE)
+    assert tracker.calls == [("start", callback.current_run_name), ("finish", True)]
+
+
+def test_a_killed_run_is_finished_as_failed_by_the_next_run() -> None:
+    # A run that never reached on_exception (the process state a kill leaves behind): the
+    # callback's next train() finishes it as failed first.
+    tracker = RecordingTracker()
+    callback = TrackingCallback(tracker, log_learning_rate=False, log_epoch_time=False)
+    model = make_model()
+    trainer = Trainer(
+        model, nn.MSELoss(), torch.optim.SGD(model.parameters(), lr=LR), callbacks=(callback,)
+    )
+    tracker.start("left-open", {})
+    trainer.train(
+        train_dataset=make_regression_data(NUM_TRAIN), num_epochs=1, per_device_batch_size=8
+    )
+    assert tracker.calls[:2] == [("start", "left-open"), ("finish", True)]
+    assert tracker.calls[-1] == ("finish", False)
 
 
 def test_a_tracker_that_fails_to_finish_does_not_keep_the_others_open() -> None:
@@ -567,7 +619,7 @@ def test_only_metrics_recorded_since_the_last_log_are_logged(tmp_path: pathlib.P
     tracker = RecordingTracker()
     _train([RecordMetricOnlyInEpoch2(), TrackingCallback(tracker)], num_epochs=3)
     logs = [call for call in tracker.calls if call[0] == "log"]
-    base = sorted([*LOSSES, "learning_rate"])
+    base = sorted([*LOSSES, "learning_rate", "epoch_time"])
     assert logs == [
         ("log", 1, base),
         ("log", 2, sorted([*base, "rare"])),  # a one-element tensor is a number; text is not
@@ -588,8 +640,8 @@ def test_an_epoch_cut_short_by_a_stop_is_logged_at_its_own_epoch_when_the_run_en
     trainer = _train([StopAtEndOfEpoch2(), TrackingCallback(tracker)], num_epochs=4)
     assert len(trainer.run_history.get_metric_values("train_loss_epoch")) == 2
     assert tracker.calls[1:] == [
-        ("log", 1, sorted([*LOSSES, "learning_rate"])),
-        ("log", 2, sorted(LOSSES)),
+        ("log", 1, sorted([*LOSSES, "learning_rate", "epoch_time"])),
+        ("log", 2, sorted([*LOSSES, "epoch_time"])),  # no learning rate after the run ended
         ("finish", False),
     ]
 
@@ -620,5 +672,5 @@ def test_evaluate_alone_opens_its_own_run_and_several_parameter_groups_have_a_ra
     assert tracker.calls[1] == (
         "log",
         1,
-        ["learning_rate_group_0", "learning_rate_group_1", "train_loss_epoch"],
+        ["epoch_time", "learning_rate_group_0", "learning_rate_group_1", "train_loss_epoch"],
     )

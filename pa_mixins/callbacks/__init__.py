@@ -20,6 +20,7 @@ from pa_mixins.callbacks.defaults import (
 from pa_mixins.callbacks.distributed import ConvertSyncBatchNormCallback
 from pa_mixins.callbacks.ema import ModelEmaCallback
 from pa_mixins.callbacks.evaluation import LimitEvalStepsCallback, StepBasedEvaluationCallback
+from pa_mixins.callbacks.interval import IntervalMetricsCallback
 from pa_mixins.callbacks.limits import LimitBatchesCallback
 from pa_mixins.callbacks.model_selection import EarlyStoppingCallback, SaveBestModelCallback
 
@@ -29,6 +30,7 @@ __all__ = [
     "CallbackMethodNotImplementedError",
     "ConvertSyncBatchNormCallback",
     "EarlyStoppingCallback",
+    "IntervalMetricsCallback",
     "LimitBatchesCallback",
     "LimitEvalStepsCallback",
     "LogMetricsCallback",

@@ -9,11 +9,13 @@ from pa_mixins.mixins.loop import TrainingLoopMixin
 from pa_mixins.mixins.mixed_precision import MixedPrecisionMixin
 from pa_mixins.mixins.scheduling import SchedulerMixin
 from pa_mixins.mixins.timm_scheduling import TimmSchedulerMixin
+from pa_mixins.mixins.tracking import ExperimentTrackingMixin
 
 __all__ = [
     "AccelerateMixin",
     "CheckpointMixin",
     "EvaluationMixin",
+    "ExperimentTrackingMixin",
     "GradientAccumulationMixin",
     "MixedPrecisionMixin",
     "SchedulerMixin",

@@ -341,16 +341,21 @@ class AccelerateMixin(BaseTrainer):
         return self.model.parameters()
 
     @override
-    def unscale_and_clip_gradients(self, clip_value: float | None, clip_norm: float | None) -> None:
+    def unscale_and_clip_gradients(
+        self, clip_value: float | None, clip_norm: float | None
+    ) -> torch.Tensor | None:
         acc = self.accelerator
         if clip_value is not None and clip_norm is not None:
             acc.unscale_gradients()
             torch.nn.utils.clip_grad_value_(self._parameters(), clip_value)
-            torch.nn.utils.clip_grad_norm_(self._parameters(), clip_norm)
-        elif clip_value is not None:
+            return torch.nn.utils.clip_grad_norm_(self._parameters(), clip_norm)
+        if clip_value is not None:
             acc.clip_grad_value_(self._parameters(), clip_value)
-        elif clip_norm is not None:
-            acc.clip_grad_norm_(self._parameters(), clip_norm)
+            return None
+        if clip_norm is not None:
+            norm = acc.clip_grad_norm_(self._parameters(), clip_norm)
+            return norm if isinstance(norm, torch.Tensor) else None  # engines clip themselves
+        return None
 
     # -- run state: the grad scaler -------------------------------------------------------------
 

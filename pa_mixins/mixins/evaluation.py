@@ -78,18 +78,28 @@ class EvaluationMixin(BaseTrainer):
         per_device_batch_size: int = 8,
         dataloader_kwargs: dict[str, Any] | None = None,
         collate_fn: Callable[..., Any] | None = None,
+        reset_run_history: bool = False,
     ) -> None:
         """Run one evaluation epoch over ``dataset`` and record ``evaluation_loss``.
 
-        As in pytorch-accelerated, the run history is reset first (training metrics are
-        cleared) and ``collate_fn`` replaces the one given to ``train()``.
+        :param dataset: the data to evaluate; ``None`` for the evaluation set of the last
+            ``train()``.
+        :param per_device_batch_size: the batch size of each process (a ``batch_size`` in
+            ``dataloader_kwargs`` wins).
+        :param dataloader_kwargs: overrides of the evaluation ``DataLoader`` settings.
+        :param collate_fn: the loader's ``collate_fn`` (it replaces the one given to
+            ``train()``).
+        :param reset_run_history: clear the run history first. By default the history is kept,
+            so evaluating after ``train()`` adds ``evaluation_loss`` next to the training
+            metrics (pytorch-accelerated always cleared it; pass ``True`` for that behaviour).
         """
         if dataset is None:
             dataset = self.eval_dataset
         if dataset is None:
             raise ValueError("evaluate() needs a dataset")
         require_positive_int("per_device_batch_size", per_device_batch_size)
-        self.run_history.reset()
+        if reset_run_history:
+            self.run_history.reset()
         self._begin_run(None, dataset, collate_fn)
         self._create_dataloaders(per_device_batch_size, eval_dl_kwargs=dataloader_kwargs)
         self._start_run_config(
@@ -171,15 +181,19 @@ class EvaluationMixin(BaseTrainer):
         return self.model(inputs)
 
     def _run_evaluation(self) -> None:
-        self.evaluation_run_start()
-        self.callback_handler.call_event("on_evaluation_run_start", self)
         try:
-            self._run_eval_epoch(self._eval_dataloader, is_training=False)
-        except StopTrainingError as error:
-            self.print(error)
-            self.callback_handler.call_event("on_stop_training_error", self, error=error)
-        self.evaluation_run_end()
-        self.callback_handler.call_event("on_evaluation_run_end", self)
+            self.evaluation_run_start()
+            self.callback_handler.call_event("on_evaluation_run_start", self)
+            try:
+                self._run_eval_epoch(self._eval_dataloader, is_training=False)
+            except StopTrainingError as error:
+                self.print(error)
+                self.callback_handler.call_event("on_stop_training_error", self, error=error)
+            self.evaluation_run_end()
+            self.callback_handler.call_event("on_evaluation_run_end", self)
+        except BaseException as error:
+            self.callback_handler.call_event("on_exception", self, error=error)
+            raise
 
     def get_default_eval_dl_kwargs(self, batch_size: int) -> dict[str, Any]:
         """The evaluation ``DataLoader`` settings before the user's overrides (not

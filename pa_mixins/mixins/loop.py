@@ -126,6 +126,11 @@ class TrainingLoopMixin(BaseTrainer):
         return self._position.as_dict()
 
     @property
+    @override
+    def running_train_loss(self) -> tuple[torch.Tensor | float, torch.Tensor | int]:
+        return self._loss_tracker.total_loss, self._loss_tracker.running_count
+
+    @property
     def epochs_completed(self) -> int:
         """The number of epochs completed in the current ``train()`` run (read-only)."""
         return self._position.epoch
@@ -289,48 +294,57 @@ class TrainingLoopMixin(BaseTrainer):
     # -- the run ----------------------------------------------------------------------------------
 
     def _run_training(self) -> None:
-        """Run the epochs (see the module docstring for the order of events)."""
+        """Run the epochs (see the module docstring for the order of events) inside
+        ``training_run_context()``; an exception that ends the run fires ``on_exception``."""
+        with self.training_run_context():
+            try:
+                self._run_epochs()
+            except BaseException as error:
+                self.callback_handler.call_event("on_exception", self, error=error)
+                raise
+
+    def _run_epochs(self) -> None:
+        """The run: its start, the epochs, its end."""
         assert self.run_config is not None
         num_epochs = self.run_config.num_epochs
         position = self._position
-        with self.training_run_context():
-            self.training_run_start()
-            self.callback_handler.call_event("on_training_run_start", self)
-            if position.resume_phase == "ended":
-                self.print("\nNothing to resume: the training state was saved after its run ended")
-            while position.resume_phase != "ended" and (
-                num_epochs is None or position.epoch < num_epochs
-            ):
-                try:
-                    self._run_train_epoch(self._train_dataloader)
-                    evaluated = position.take_resume("eval_done") is not None
-                    if self.eval_dataset is not None and not evaluated:
-                        self._run_eval_epoch(self._eval_dataloader)
-                        self._reach_safe_point("eval_done")
-                    self.training_run_epoch_end()
-                    self.call_loop_event("on_training_run_epoch_end")
-                    self.agree_on_stop()
-                    self.run_history._increment_epoch()
-                    position.epoch += 1
-                    position.phase = "epoch_start"
-                except StopTrainingError as error:
-                    self.print(error)
-                    self.callback_handler.call_event("on_stop_training_error", self, error=error)
-                    break
-                if position.max_steps_reached:
-                    if self._user_max_steps is not None:
-                        self.print(
-                            "\nReached the maximum number of training steps "
-                            f"({self._user_max_steps}); ending training"
-                        )
-                    break
-            stopped = not position.max_steps_reached and (
-                num_epochs is None or position.epoch < num_epochs
-            )
-            position.phase = "ended" if stopped else "epoch_start"
-            position.resume_phase = None
-            self.training_run_end()
-            self.callback_handler.call_event("on_training_run_end", self)
+        self.training_run_start()
+        self.callback_handler.call_event("on_training_run_start", self)
+        if position.resume_phase == "ended":
+            self.print("Nothing to resume: the training state was saved after its run ended")
+        while position.resume_phase != "ended" and (
+            num_epochs is None or position.epoch < num_epochs
+        ):
+            try:
+                self._run_train_epoch(self._train_dataloader)
+                evaluated = position.take_resume("eval_done") is not None
+                if self.eval_dataset is not None and not evaluated:
+                    self._run_eval_epoch(self._eval_dataloader)
+                    self._reach_safe_point("eval_done")
+                self.training_run_epoch_end()
+                self.call_loop_event("on_training_run_epoch_end")
+                self.agree_on_stop()
+                self.run_history._increment_epoch()
+                position.epoch += 1
+                position.phase = "epoch_start"
+            except StopTrainingError as error:
+                self.print(error)
+                self.callback_handler.call_event("on_stop_training_error", self, error=error)
+                break
+            if position.max_steps_reached:
+                if self._user_max_steps is not None:
+                    self.print(
+                        "Reached the maximum number of training steps "
+                        f"({self._user_max_steps}); ending training"
+                    )
+                break
+        stopped = not position.max_steps_reached and (
+            num_epochs is None or position.epoch < num_epochs
+        )
+        position.phase = "ended" if stopped else "epoch_start"
+        position.resume_phase = None
+        self.training_run_end()
+        self.callback_handler.call_event("on_training_run_end", self)
 
     def _reach_safe_point(self, point: SafePoint) -> None:
         """A safe point between the parts of an epoch, where the position is ``point``."""

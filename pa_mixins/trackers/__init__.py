@@ -34,7 +34,12 @@ Write your own tracker by subclassing :class:`Tracker` (``start`` / ``log_metric
 from __future__ import annotations
 
 from pa_mixins.trackers.base import DEFAULT_PROJECT_DIR, Tracker
-from pa_mixins.trackers.callback import LEARNING_RATE, TrackingCallback, trainer_hyperparameters
+from pa_mixins.trackers.callback import (
+    EPOCH_TIME,
+    LEARNING_RATE,
+    TrackingCallback,
+    trainer_hyperparameters,
+)
 from pa_mixins.trackers.csv_tracker import CSVTracker, read_metrics_csv
 from pa_mixins.trackers.mlflow_tracker import MLflowTracker
 from pa_mixins.trackers.registry import (
@@ -49,6 +54,7 @@ from pa_mixins.trackers.wandb_tracker import WandbTracker
 
 __all__ = [
     "DEFAULT_PROJECT_DIR",
+    "EPOCH_TIME",
     "LEARNING_RATE",
     "TRACKERS",
     "CSVTracker",

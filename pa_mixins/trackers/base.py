@@ -189,6 +189,16 @@ class Tracker(ABC):
     def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
         """Record each value of ``metrics`` at ``step``."""
 
+    def log_interval_metrics(self, metrics: Mapping[str, float], num_updates: int) -> None:
+        """Record the metrics of an interval (every N optimizer updates, from
+        :class:`~pa_mixins.callbacks.IntervalMetricsCallback`) at update ``num_updates``.
+
+        Their x axis is the number of optimizer updates, where the epoch metrics of
+        :meth:`log_metrics` use the epoch. Trackers that keep a series per metric (TensorBoard,
+        MLflow) log them at ``step=num_updates`` (this default); the CSV tracker writes them to
+        a file of their own and W&B against an ``update`` axis, so the two never mix."""
+        self.log_metrics(metrics, num_updates)
+
     @abstractmethod
     def finish(self, failed: bool = False) -> None:
         """Close the open run, marked as failed if ``failed`` where the tracker has a status;

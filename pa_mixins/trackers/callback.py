@@ -5,6 +5,7 @@ from __future__ import annotations
 import atexit
 import os
 import secrets
+import time
 import warnings
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
@@ -19,10 +20,12 @@ if TYPE_CHECKING:
     from pa_mixins.base import BaseTrainer
     from pa_mixins.tracking import RunHistory
 
-__all__ = ["LEARNING_RATE", "TrackingCallback", "trainer_hyperparameters"]
+__all__ = ["EPOCH_TIME", "LEARNING_RATE", "TrackingCallback", "trainer_hyperparameters"]
 
 #: The metric name of the learning rate (``learning_rate_group_<i>`` for several groups).
 LEARNING_RATE = "learning_rate"
+#: The metric name of an epoch's training time, in seconds.
+EPOCH_TIME = "epoch_time"
 
 # Process facts, not hyperparameters: the same on every logged run (the main process).
 _NOT_HYPERPARAMETERS = ("is_local_process_zero", "is_world_process_zero")
@@ -63,18 +66,27 @@ class TrackingCallback(TrainerCallback):
       recorded since the last log (a metric not updated in an epoch is not repeated), and the
       learning rate at the end of the epoch (``learning_rate``, or
       ``learning_rate_group_<i>`` for several parameter groups; ``log_learning_rate=False``
-      turns it off). Values that are not one number are skipped. Metrics not logged yet when
-      the run ends (an epoch cut short by a ``StopTrainingError``, e.g. early stopping raised
-      before this callback saw the epoch end; values recorded by ``training_run_end`` hooks)
-      are logged then, at the epoch they belong to.
+      turns it off) and the training time of the epoch in seconds (``epoch_time``;
+      ``log_epoch_time=False`` turns it off). Values that are not one number are skipped.
+      Metrics not logged yet when the run ends (an epoch cut short by a
+      ``StopTrainingError``, e.g. early stopping raised before this callback saw the epoch
+      end; values recorded by ``training_run_end`` hooks) are logged then, at the epoch they
+      belong to.
+    * **Interval metrics.** Every N optimizer updates, the metrics of
+      :class:`~pa_mixins.callbacks.IntervalMetricsCallback` (``train_loss_step``,
+      ``learning_rate_step``, ``samples_per_second``...; the everyday ``Trainer`` adds that
+      callback), through :meth:`Tracker.log_interval_metrics` at step = ``num_updates``: an
+      axis of their own (the CSV tracker's ``steps.csv``, W&B's ``update``), never mixed with
+      the epochs.
     * **evaluate().** The evaluation metrics are logged into this callback's last run,
       reopened (so ``evaluation_loss`` of a final test evaluation sits next to the training
       curves, at the last epoch), with the evaluation's run config under ``evaluate``; with
       no earlier run, into a new run. The run is closed again at the end of ``evaluate()``.
     * **End of the run.** The trackers are finished at the end of ``train()``. A run that ends
-      by an exception is finished as failed: at the next ``train()`` / ``evaluate()`` of this
-      callback, or when the interpreter exits, whichever comes first (or call
-      :meth:`finish` yourself). :meth:`finish` is safe to call at any time and twice.
+      by an exception is finished as failed at once (the ``on_exception`` event of
+      ``train()`` and ``evaluate()``); if the process dies before (a kill), at the next
+      ``train()`` / ``evaluate()`` of this callback or when the interpreter exits, whichever
+      comes first. :meth:`finish` is safe to call at any time and twice.
     * **Resume.** The run name is part of the callback's state in a training state, so
       ``train(resume_from=...)`` continues the same tracker run where the tracker supports
       it (the CSV file, the TensorBoard folder and the MLflow run continue; W&B resumes the
@@ -87,6 +99,7 @@ class TrackingCallback(TrainerCallback):
         ``train()``. Starting a name that exists continues that run.
     :param config: more hyperparameters to record (the model, the data...).
     :param log_learning_rate: also log the optimizer's learning rate(s) each epoch.
+    :param log_epoch_time: also log each epoch's training time (``epoch_time``, seconds).
 
     Example::
 
@@ -102,11 +115,15 @@ class TrackingCallback(TrainerCallback):
         run_name: str | None = None,
         config: Mapping[str, Any] | None = None,
         log_learning_rate: bool = True,
+        log_epoch_time: bool = True,
     ) -> None:
         self.trackers: list[Tracker] = make_trackers(trackers, project_dir)
         self.run_name = None if run_name is None else check_run_name(run_name)
         self.config: dict[str, Any] = dict(config or {})
         self.log_learning_rate = log_learning_rate
+        self.log_epoch_time = log_epoch_time
+        self._epoch_started: float | None = None
+        self._epoch_seconds: float | None = None
         # A run to open at the next event: its name (None: a new one) and configuration.
         self._pending: tuple[str | None, dict[str, Any]] | None = None
         self._current_run_name: str | None = None
@@ -158,9 +175,14 @@ class TrackingCallback(TrainerCallback):
 
     def on_train_epoch_start(self, trainer: BaseTrainer, **kwargs: Any) -> None:
         self._in_epoch(trainer)
+        self._epoch_started = time.perf_counter()
+        self._epoch_seconds = None
 
     def on_train_epoch_end(self, trainer: BaseTrainer, **kwargs: Any) -> None:
         self._in_epoch(trainer)
+        if self._epoch_started is not None:
+            self._epoch_seconds = time.perf_counter() - self._epoch_started
+            self._epoch_started = None
 
     def on_eval_epoch_start(self, trainer: BaseTrainer, **kwargs: Any) -> None:
         self._in_epoch(trainer)
@@ -175,6 +197,25 @@ class TrackingCallback(TrainerCallback):
         self._log_new_values(
             trainer, trainer.run_history.current_epoch, learning_rate=self.log_learning_rate
         )
+
+    def on_interval_metrics(
+        self,
+        trainer: BaseTrainer,
+        metrics: Mapping[str, float] | None = None,
+        num_updates: int = 0,
+        **kwargs: Any,
+    ) -> None:
+        if not _is_main(trainer) or not metrics:
+            return
+        self._open_pending_run()
+        for tracker in self.trackers:
+            if tracker.is_running:
+                tracker.log_interval_metrics(metrics, num_updates)
+
+    def on_exception(self, trainer: BaseTrainer, **kwargs: Any) -> None:
+        """The run ends by an exception: its tracker runs are finished as failed now."""
+        if _is_main(trainer):
+            self.finish(failed=True)
 
     def on_training_run_end(self, trainer: BaseTrainer, **kwargs: Any) -> None:
         if not _is_main(trainer):
@@ -299,6 +340,9 @@ class TrackingCallback(TrainerCallback):
         metrics = self._new_values(trainer.run_history)
         if learning_rate:
             metrics.update(_learning_rates(trainer))
+        if self._epoch_seconds is not None and self.log_epoch_time:
+            metrics[EPOCH_TIME] = self._epoch_seconds
+        self._epoch_seconds = None
         if metrics:
             for tracker in self.trackers:
                 if tracker.is_running:

@@ -13,6 +13,9 @@ __all__ = ["WandbTracker", "wandb_run_id"]
 
 #: The W&B key that holds each record's step (the x axis of every other metric).
 STEP_KEY = "step"
+#: The W&B key that holds the optimizer update of an interval record (the x axis of the
+#: interval metrics).
+UPDATE_KEY = "update"
 
 
 def wandb_run_id(run_name: str) -> str:
@@ -27,7 +30,8 @@ class WandbTracker(Tracker):
     The run's id is derived from ``run_name`` (:func:`wandb_run_id`) and its display name is
     ``run_name``; the configuration is the run's config. Metrics are logged with a ``step``
     key that every other metric uses as its x axis (``define_metric``), so W&B's own step
-    counter never has to match ours. :meth:`finish` ends the run with exit code 0, or 1 when
+    counter never has to match ours; interval metrics use an ``update`` key (the optimizer
+    update) instead. :meth:`finish` ends the run with exit code 0, or 1 when
     it failed. Starting a run name again resumes that id (``resume="allow"``): online, the same
     run continues; offline, W&B writes another ``offline-run-*`` folder with the same id, which
     ``wandb sync`` appends to the run.
@@ -55,6 +59,7 @@ class WandbTracker(Tracker):
         self.mode = mode
         self.init_kwargs = init_kwargs
         self._run: Any = None
+        self._interval_names: set[str] = set()
 
     @property
     def run(self) -> Any:
@@ -83,13 +88,25 @@ class WandbTracker(Tracker):
         kwargs.update(self.init_kwargs)
         run = wandb.init(**kwargs)
         run.define_metric(STEP_KEY)
+        run.define_metric(UPDATE_KEY)
         run.define_metric("*", step_metric=STEP_KEY)
+        self._interval_names = set()
         self._run = run
         self.run_name = run_name
 
     def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
         self._check_running()
         self._run.log({**{k: float(v) for k, v in metrics.items()}, STEP_KEY: int(step)})
+
+    def log_interval_metrics(self, metrics: Mapping[str, float], num_updates: int) -> None:
+        """Log the interval's metrics with an ``update`` key, their x axis
+        (``define_metric(name, step_metric="update")``)."""
+        self._check_running()
+        for name in metrics:
+            if name not in self._interval_names:
+                self._run.define_metric(name, step_metric=UPDATE_KEY)
+                self._interval_names.add(name)
+        self._run.log({**{k: float(v) for k, v in metrics.items()}, UPDATE_KEY: int(num_updates)})
 
     def finish(self, failed: bool = False) -> None:
         run, self._run = self._run, None
