@@ -119,6 +119,15 @@ def test_an_interval_that_spans_the_end_of_an_epoch_covers_both_parts() -> None:
         assert metrics["train_loss_step"] == pytest.approx(expected, rel=1e-6)
 
 
+def test_an_interval_that_is_an_epoch_has_the_epochs_loss() -> None:
+    record = RecordIntervals()
+    model = make_model()
+    trainer = Trainer(model, nn.MSELoss(), _sgd(model), callbacks=[record], log_every_n_steps=5)
+    trainer.train(train_dataset=make_regression_data(10), num_epochs=3, per_device_batch_size=2)
+    losses = [metrics["train_loss_step"] for _, metrics in record.intervals]
+    assert losses == trainer.run_history.get_metric_values("train_loss_epoch")  # the same sums
+
+
 class RecordGradNorm(Trainer):
     """Records the total gradient norm of each update before clipping (the hard way)."""
 

@@ -22,7 +22,12 @@ import torch
 from torch import nn
 
 from pa_mixins import Trainer
-from pa_mixins.callbacks import SaveTrainingStateCallback, StopTrainingError, TrainerCallback
+from pa_mixins.callbacks import (
+    IntervalMetricsCallback,
+    SaveTrainingStateCallback,
+    StopTrainingError,
+    TrainerCallback,
+)
 from pa_mixins.trackers import (
     TRACKERS,
     CSVTracker,
@@ -30,6 +35,7 @@ from pa_mixins.trackers import (
     TrackingCallback,
     available_trackers,
     make_trackers,
+    read_metrics_csv,
 )
 from pa_mixins.trackers import base as trackers_base
 from pa_mixins.trackers.wandb_tracker import wandb_run_id
@@ -329,6 +335,93 @@ def test_wandb_offline_run_read_back_with_wandb(
 
 
 # ----------------------------------------------------------------------------------------------
+# Interval metrics (issue 12 part 1), read back through each tracker's reader
+# ----------------------------------------------------------------------------------------------
+
+
+class RecordIntervals(TrainerCallback):
+    def __init__(self) -> None:
+        self.intervals: list[tuple[int, dict[str, float]]] = []
+
+    def on_interval_metrics(
+        self, trainer: Any, metrics: dict[str, float], num_updates: int, **kwargs: Any
+    ) -> None:
+        self.intervals.append((num_updates, dict(metrics)))
+
+
+def _interval_series(name: str, run_dir: pathlib.Path, tmp_path: pathlib.Path) -> Any:
+    """(step, value) of every interval metric, as the tracker ``name`` stored them."""
+    if name == "csv":  # two files: steps.csv and metrics.csv (the epochs)
+        steps = read_metrics_csv(run_dir / "steps.csv")
+        assert not steps.keys() & read_metrics_csv(run_dir / "metrics.csv").keys()
+        return {**steps, **read_metrics_csv(run_dir / "metrics.csv")}
+    if name == "tensorboard":
+        from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+        events = EventAccumulator(str(run_dir))
+        events.Reload()
+        return {
+            tag: [(s.step, s.value) for s in events.Scalars(tag)]
+            for tag in events.Tags()["scalars"]
+        }
+    if name == "mlflow":
+        from mlflow.tracking import MlflowClient
+
+        client = MlflowClient(tracking_uri=f"sqlite:///{(tmp_path / 'mlflow.db').as_posix()}")
+        experiment = client.get_experiment_by_name("pa_mixins")
+        assert experiment is not None
+        [run] = client.search_runs([experiment.experiment_id])
+        return {
+            key: sorted((m.step, m.value) for m in client.get_metric_history(run.info.run_id, key))
+            for key in run.data.metrics
+        }
+    files = sorted((tmp_path / "wandb").glob("offline-run-*/run-*.wandb"))
+    rows = [r["history"]["item"] for r in _wandb_records(files[0]) if r["type"] == "history"]
+    series: dict[str, list[tuple[int, float]]] = {}
+    for row in rows:
+        axis = "update" if "update" in row else "step"  # interval or epoch record
+        assert not ("update" in row and "step" in row)
+        for key, value in row.items():
+            if key not in ("update", "step", "_step", "_timestamp", "_runtime"):
+                series.setdefault(key, []).append((row[axis], value))
+    return series
+
+
+@pytest.mark.filterwarnings("ignore:The ``noload`` loader strategy is deprecated")
+@pytest.mark.parametrize("name", ["csv", "tensorboard", "mlflow", "wandb"])
+def test_interval_metrics_are_logged_at_their_update_by_every_tracker(
+    name: str, tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if name != "csv":
+        pytest.importorskip({"tensorboard": "tensorboard", "mlflow": "mlflow"}.get(name, "wandb"))
+    if name == "wandb":
+        pytest.importorskip("wandb", minversion="0.31")
+        for variable in ("WANDB_MODE", "WANDB_DIR", "WANDB_RUN_ID", "WANDB_PROJECT"):
+            monkeypatch.delenv(variable, raising=False)
+        for variable in ("WANDB_CONFIG_DIR", "WANDB_CACHE_DIR", "WANDB_DATA_DIR"):
+            monkeypatch.setenv(variable, str(tmp_path / "home" / variable.lower()))
+    record = RecordIntervals()
+    callback = TrackingCallback(name, tmp_path)
+    trainer = _train([IntervalMetricsCallback(5), record, callback])
+    run_dir = tmp_path / str(callback.current_run_name)
+    series = _interval_series(name, run_dir, tmp_path)
+
+    assert [n for n, _ in record.intervals] == [5, 10]  # 12 updates
+    names = ["train_loss_step", "learning_rate_step", "samples_per_second", "updates_per_second"]
+    for metric in names:
+        expected = [(n, metrics[metric]) for n, metrics in record.intervals]
+        if name == "tensorboard":  # stored as float32
+            expected = [(n, _float32(v)) for n, v in expected]
+        assert series[metric] == expected, metric
+    assert series["learning_rate_step"][0][1] == pytest.approx(LR * GAMMA**5)
+    # the epoch metrics keep their own axis
+    assert [step for step, _ in series["train_loss_epoch"]] == [1, 2, 3]
+    assert [v for _, v in series["train_loss_epoch"]] == pytest.approx(
+        trainer.run_history.get_metric_values("train_loss_epoch")
+    )
+
+
+# ----------------------------------------------------------------------------------------------
 # Finishing: at the end, after an exception, and a tracker that fails to finish
 # ----------------------------------------------------------------------------------------------
 
@@ -527,20 +620,27 @@ from torch import nn
 
 sys.path.insert(0, {repo!r})
 from pa_mixins import Trainer
+from pa_mixins.callbacks import IntervalMetricsCallback, TrainerCallback
 from pa_mixins.trackers import TrackingCallback
 from tests.conftest import make_model, make_regression_data
 
 out = pathlib.Path(sys.argv[1])
 model = make_model()
 callback = TrackingCallback("csv", out / "runs")
+interval = IntervalMetricsCallback(4)  # 4 updates per epoch: the intervals are the epochs
 trainer = Trainer(model, nn.MSELoss(), torch.optim.SGD(model.parameters(), lr=0.05),
-                  callbacks=(callback,))
+                  callbacks=(callback, interval))
+intervals = []
+trainer.callback_handler.add_callback(type("Record", (TrainerCallback,), {{
+    "on_interval_metrics": lambda self, trainer, metrics, num_updates, **kw:
+        intervals.append([num_updates, metrics])}}))
 trainer.train(train_dataset=make_regression_data(32), eval_dataset=make_regression_data(16, seed=1),
               num_epochs=2, per_device_batch_size=4, seed=0)
 history = {{n: [float(v) for v in trainer.run_history.get_metric_values(n)]
            for n in trainer.run_history.get_metric_names()}}
 (out / f"rank{{trainer.process_index}}.json").write_text(
-    json.dumps({{"history": history, "run_name": callback.current_run_name}}))
+    json.dumps({{"history": history, "run_name": callback.current_run_name,
+                "intervals": intervals}}))
 """
 
 
@@ -565,6 +665,16 @@ def test_only_the_main_process_writes_on_two_processes(tmp_path: pathlib.Path) -
     assert [row["step"] for row in rows] == ["1", "2"]
     for name in LOSSES:
         assert [float(row[name]) for row in rows] == rank0["history"][name]
+
+    # interval metrics: the same on both processes, reduced over both (an interval that is an
+    # epoch has the epoch's loss), written by the main process only
+    assert rank0["intervals"] == rank1["intervals"]
+    assert [n for n, _ in rank0["intervals"]] == [4, 8]
+    assert [m["train_loss_step"] for _, m in rank0["intervals"]] == pytest.approx(
+        rank0["history"]["train_loss_epoch"], rel=1e-12
+    )
+    steps = read_metrics_csv(tmp_path / "runs" / rank0["run_name"] / "steps.csv")
+    assert steps["train_loss_step"] == [(n, m["train_loss_step"]) for n, m in rank0["intervals"]]
 
 
 # ----------------------------------------------------------------------------------------------

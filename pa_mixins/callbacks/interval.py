@@ -58,7 +58,11 @@ class IntervalMetricsCallback(TrainerCallback):
       clipping, when the run clips by norm (``gradient_clip_norm``; no norm is computed
       otherwise);
     * ``samples_per_second`` (all processes together) and ``updates_per_second``, over the
-      interval's training time (evaluations inside it are not counted).
+      interval's training time (evaluations inside it are not counted; on several processes,
+      the mean of their clocks).
+
+    Every process gets the same values (the loss, sample and time sums go through one small
+    all-reduce), so a callback may decide on them.
 
     An interval ends after updates N, 2N, 3N... of the run (counted as ``num_updates``, so
     across epochs: an interval that spans the end of an epoch covers the micro-batches of
@@ -168,9 +172,11 @@ class IntervalMetricsCallback(TrainerCallback):
             [
                 torch.as_tensor(loss_sum, dtype=torch.float64, device=device).reshape(()),
                 torch.as_tensor(samples, dtype=torch.float64, device=device).reshape(()),
+                torch.tensor(seconds, dtype=torch.float64, device=device),
             ]
         )
-        if trainer.num_processes > 1:
+        processes = trainer.num_processes
+        if processes > 1:  # the sums over all processes, and the mean of their clocks
             totals = trainer.reduce_sum(totals)
         norm = trainer.last_grad_norm
         if norm is not None:
@@ -178,11 +184,11 @@ class IntervalMetricsCallback(TrainerCallback):
         values = totals.tolist()  # the interval's one read from the device
 
         metrics: dict[str, float] = {}
-        loss_total, sample_count = values[0], values[1]
+        loss_total, sample_count, seconds = values[0], values[1], values[2] / processes
         metrics[TRAIN_LOSS_STEP] = loss_total / sample_count if sample_count else float("nan")
         metrics.update(_learning_rates(trainer))
         if norm is not None:
-            metrics[GRAD_NORM_STEP] = values[2]
+            metrics[GRAD_NORM_STEP] = values[3]
         if seconds > 0:
             metrics[SAMPLES_PER_SECOND] = sample_count / seconds
             metrics[UPDATES_PER_SECOND] = updates / seconds
