@@ -13,6 +13,7 @@ from torch.utils.data import DataLoader, IterableDataset, Sampler
 from pa_mixins.utils import worker_init_fn
 
 __all__ = [
+    "DeviceDataLoader",
     "EpochShuffleSampler",
     "ResumedEpoch",
     "default_dataloader_kwargs",
@@ -111,14 +112,26 @@ def default_dataloader_kwargs(
     return kwargs
 
 
+class DeviceDataLoader(DataLoader[Any]):
+    """A plain ``DataLoader`` that also says which device its batches go to (``device``), as
+    Accelerate's prepared loaders do. The trainers build these, so ``trainer._train_dataloader
+    .device`` and ``trainer._eval_dataloader.device`` work on one CPU process too, where the
+    loaders are not prepared (published pytorch-accelerated code reads them). Nothing else
+    differs: iterating costs what a ``DataLoader`` costs."""
+
+    device: torch.device | None = None
+
+
 def make_dataloader(
     dataset: Any,
     default_kwargs: dict[str, Any],
     user_kwargs: dict[str, Any] | None,
     collate_fn: Callable[..., Any] | None,
     shuffle_seed: int | None,
+    device: torch.device | None = None,
 ) -> tuple[DataLoader[Any], dict[str, Any]]:
-    """Build a ``DataLoader`` from the defaults overridden by the user's kwargs.
+    """Build a ``DataLoader`` (a :class:`DeviceDataLoader` whose ``device`` is ``device``) from
+    the defaults overridden by the user's kwargs.
 
     A user ``sampler`` or ``batch_sampler`` replaces the default shuffling. Shuffling of a
     map-style dataset uses :class:`EpochShuffleSampler` seeded with ``shuffle_seed``; an
@@ -142,7 +155,9 @@ def make_dataloader(
         kwargs.pop("prefetch_factor", None)
     if collate_fn is not None:
         kwargs["collate_fn"] = collate_fn
-    return DataLoader(dataset, **kwargs), kwargs
+    dataloader = DeviceDataLoader(dataset, **kwargs)
+    dataloader.device = device
+    return dataloader, kwargs
 
 
 class ResumedEpoch:

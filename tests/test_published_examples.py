@@ -90,13 +90,6 @@ def test_hf_bert_example_runs_with_loss_func_none_and_its_own_scheduler() -> Non
     assert trainer.scheduler is not None
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AttributeError,
-    reason="issue 13 case 2, left to the package internals: on one CPU process "
-    "trainer._eval_dataloader is a plain DataLoader without .device; remove this mark once "
-    "the loaders have it",
-)
 def test_progressive_resizing_example_trains_all_stages(tmp_path: Any) -> None:
     # examples/vision/transfer_learning/progressive_resizing.py: three train() calls on one
     # trainer with reset_run_history=False, early stopping and the best model saved; its
@@ -109,6 +102,34 @@ def test_progressive_resizing_example_trains_all_stages(tmp_path: Any) -> None:
         history.get_metric_values("eval_loss_epoch")
     )
     assert (tmp_path / "best_model.pt").exists()
+
+
+def test_the_run_loaders_say_their_device_on_one_cpu_process() -> None:
+    # the loaders are not prepared on one CPU process (the fast path), yet user code reads
+    # ``trainer._train_dataloader.device`` / ``trainer._eval_dataloader.device``
+    import torch
+    from torch.utils.data import TensorDataset
+
+    from pa_mixins import Trainer
+
+    seen: dict[str, Any] = {}
+
+    class ReadDevice(TrainerCallback):
+        def on_training_run_start(self, trainer: Any, **kwargs: Any) -> None:
+            seen["train"] = trainer._train_dataloader.device
+            seen["eval"] = trainer._eval_dataloader.device
+
+    model = torch.nn.Linear(2, 1)
+    data = TensorDataset(torch.randn(8, 2), torch.randn(8, 1))
+    trainer = Trainer(
+        model,
+        torch.nn.MSELoss(),
+        torch.optim.SGD(model.parameters(), lr=0.1),
+        callbacks=[ReadDevice()],
+    )
+    trainer.train(data, eval_dataset=data, num_epochs=1, per_device_batch_size=4)
+    assert seen == {"train": trainer.device, "eval": trainer.device}
+    assert type(trainer._train_dataloader).__name__ == "DeviceDataLoader"  # not wrapped
 
 
 class _Recorder(TrainerCallback):

@@ -211,6 +211,7 @@ class EvaluationMixin(BaseTrainer):
             eval_dl_kwargs,
             self.collate_fn,
             shuffle_seed=None,
+            device=self.device,
         )
         return dataloader
 

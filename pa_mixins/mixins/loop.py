@@ -265,6 +265,7 @@ class TrainingLoopMixin(BaseTrainer):
             train_dl_kwargs,
             self.collate_fn,
             shuffle_seed=self._shuffle_seed,
+            device=self.device,
         )
         if has_length(dataloader) and len(dataloader) == 0:
             drops_all = (
