@@ -20,7 +20,14 @@ from typing_extensions import override
 
 from pa_mixins.base import BaseTrainer, BatchOutput
 from pa_mixins.callback_base import CallbackHandler, StopTrainingError
-from pa_mixins.checks import check_batch_output, require_positive_int
+from pa_mixins.checks import (
+    batch_is_not_a_pair,
+    check_batch_output,
+    check_dataset,
+    check_loss_func,
+    reads_loss_func,
+    require_positive_int,
+)
 from pa_mixins.data import default_dataloader_kwargs, make_dataloader
 from pa_mixins.tracking import LossTracker
 
@@ -97,6 +104,8 @@ class EvaluationMixin(BaseTrainer):
             dataset = self.eval_dataset
         if dataset is None:
             raise ValueError("evaluate() needs a dataset")
+        check_dataset(dataset, "dataset")
+        check_loss_func(self, ("calculate_eval_batch_loss",))
         require_positive_int("per_device_batch_size", per_device_batch_size)
         if reset_run_history:
             self.run_history.reset()
@@ -320,10 +329,14 @@ class EvaluationMixin(BaseTrainer):
         ``super().eval_epoch_start()`` called first."""
         self.model.eval()
 
+    @reads_loss_func
     def calculate_eval_batch_loss(self, batch: Any) -> BatchOutput:
         """Compute an evaluation batch's loss (gradients are off). Same contract as
         ``calculate_train_batch_loss``."""
-        xb, yb = batch[0], batch[1]
+        try:
+            xb, yb = batch[0], batch[1]
+        except (KeyError, IndexError, TypeError) as error:
+            raise batch_is_not_a_pair(batch, "calculate_eval_batch_loss") from error
         model_outputs = self.model(xb)
         loss = self.loss_func(model_outputs, yb)  # type: ignore[misc]
         return {"loss": loss, "model_outputs": model_outputs, "batch_size": yb.size(0)}

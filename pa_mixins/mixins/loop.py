@@ -70,7 +70,16 @@ from typing_extensions import override
 from pa_mixins.base import BaseTrainer, BatchOutput, SafePoint
 from pa_mixins.callback_base import StopTrainingError
 from pa_mixins.checkpoint_format import CheckpointError
-from pa_mixins.checks import check_batch_output, require_positive_int, require_positive_number
+from pa_mixins.checks import (
+    batch_is_not_a_pair,
+    check_batch_output,
+    check_dataset,
+    check_loss_func,
+    check_model_and_optimizer,
+    reads_loss_func,
+    require_positive_int,
+    require_positive_number,
+)
 from pa_mixins.data import (
     default_dataloader_kwargs,
     find_shuffle_sampler,
@@ -205,6 +214,13 @@ class TrainingLoopMixin(BaseTrainer):
                 "train() needs an optimizer: this trainer was created with optimizer=None, "
                 "which only allows evaluate()"
             )
+        if train_dataset is None:
+            raise ValueError("train() needs a train_dataset, got None")
+        check_dataset(train_dataset, "train_dataset")
+        check_dataset(eval_dataset, "eval_dataset")
+        check_model_and_optimizer(self.model, self.optimizer)
+        evaluates = ("calculate_eval_batch_loss",) if eval_dataset is not None else ()
+        check_loss_func(self, ("calculate_train_batch_loss", *evaluates))
         if create_scheduler_fn is not None and not callable(create_scheduler_fn):
             raise TypeError(
                 "create_scheduler_fn must be a callable that takes the optimizer and returns a "
@@ -465,6 +481,7 @@ class TrainingLoopMixin(BaseTrainer):
         ``super().train_epoch_start()`` called first."""
         self.model.train()
 
+    @reads_loss_func
     def calculate_train_batch_loss(self, batch: Any) -> BatchOutput:
         """Compute a training micro-batch's loss.
 
@@ -474,7 +491,10 @@ class TrainingLoopMixin(BaseTrainer):
         non-padding tokens, that ``loss`` averages over): the gradient is then the mean over
         every item of the update, on every process. Default: ``batch = (inputs, targets)``.
         """
-        xb, yb = batch[0], batch[1]
+        try:
+            xb, yb = batch[0], batch[1]
+        except (KeyError, IndexError, TypeError) as error:
+            raise batch_is_not_a_pair(batch, "calculate_train_batch_loss") from error
         model_outputs = self.model(xb)
         loss = self.loss_func(model_outputs, yb)  # type: ignore[misc]
         return {"loss": loss, "model_outputs": model_outputs, "batch_size": yb.size(0)}
