@@ -22,7 +22,8 @@ How mixins cooperate (see docs/mixins.md):
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable, Iterator, Sequence
+import re
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from typing import Any, ClassVar, Literal
 
@@ -54,6 +55,28 @@ def _owner_hint(option: str, owners: dict[str, type], trainer_cls: type) -> str:
         f"include; use a trainer that includes it (e.g. pa_mixins.Trainer) or add "
         f"{owner.__name__} to your trainer's bases"
     )
+
+
+_EVAL_SET_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+
+
+def _check_eval_sets(eval_dataset: Any) -> dict[str, Any] | None:
+    """The evaluation sets by name when ``eval_dataset`` is a dict (a mapping) of datasets;
+    ``None`` for one dataset or none. The names end metric names (``eval_loss_epoch_<name>``):
+    letters, digits, ``_ . -``, starting with a letter or a digit, at most 64 characters."""
+    if not isinstance(eval_dataset, Mapping):
+        return None
+    if not eval_dataset:
+        raise ValueError("eval_dataset is an empty dict: give at least one evaluation set")
+    for name, dataset in eval_dataset.items():
+        if not isinstance(name, str) or not _EVAL_SET_NAME.fullmatch(name):
+            raise ValueError(
+                f"Invalid evaluation set name {name!r}: use letters, digits and '_ . -' (it "
+                "ends the names of the set's metrics, e.g. eval_loss_epoch_<name>)"
+            )
+        if dataset is None:
+            raise ValueError(f"The evaluation set {name!r} is None")
+    return dict(eval_dataset)
 
 
 class BaseTrainer:
@@ -98,6 +121,10 @@ class BaseTrainer:
     batches_in_epoch: int | None = None
     #: the total gradient norm of the last update when clipping by norm (see last_grad_norm)
     _last_grad_norm: torch.Tensor | None = None
+    #: the evaluation sets by name when ``eval_dataset`` is a dict (several sets), else None
+    _eval_sets: dict[str, Any] | None = None
+    #: the name of the evaluation set being evaluated (several sets), else None
+    _eval_set_name: str | None = None
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -158,7 +185,10 @@ class BaseTrainer:
     # ------------------------------------------------------------------------------------------
 
     def _begin_run(self, train_dataset: Any, eval_dataset: Any, collate_fn: Any) -> None:
-        """Store the run's data and start the hardware run (a fresh Accelerator)."""
+        """Store the run's data and start the hardware run (a fresh Accelerator).
+        ``eval_dataset`` may be a dict of named evaluation sets (:attr:`eval_set_names`)."""
+        self._eval_sets = _check_eval_sets(eval_dataset)
+        self._eval_set_name = None
         self.train_dataset = train_dataset
         self.eval_dataset = eval_dataset
         self.collate_fn = collate_fn
@@ -173,12 +203,21 @@ class BaseTrainer:
         """Create the loaders of the run's datasets (through ``create_train_dataloader`` /
         ``create_eval_dataloader``) and prepare them, the model and the optimizer for the
         hardware."""
-        train_dl = eval_dl = None
+        train_dl: Any = None
+        eval_dl: Any = None
         if self.train_dataset is not None:
             train_dl = self.create_train_dataloader(
                 batch_size=per_device_batch_size, train_dl_kwargs=train_dl_kwargs
             )
-        if self.eval_dataset is not None:
+        if self._eval_sets is not None:  # several sets: a loader each, the hook sees one set
+            loaders = {}
+            for name in self._eval_sets:
+                with self._eval_set(name):
+                    loaders[name] = self.create_eval_dataloader(
+                        batch_size=per_device_batch_size, eval_dl_kwargs=eval_dl_kwargs
+                    )
+            eval_dl = loaders
+        elif self.eval_dataset is not None:
             eval_dl = self.create_eval_dataloader(
                 batch_size=per_device_batch_size, eval_dl_kwargs=eval_dl_kwargs
             )
@@ -288,6 +327,40 @@ class BaseTrainer:
         finally:
             self.model, self.callback_handler = saved
 
+    @contextmanager
+    def _eval_set(self, name: str) -> Iterator[None]:
+        """Within the block, :attr:`eval_dataset`, :attr:`eval_dataloader` and
+        :attr:`eval_set_name` are those of the evaluation set ``name`` (several sets), so that
+        hooks and callbacks written for one set work unchanged; they are put back
+        afterwards."""
+        sets = self._eval_sets
+        if sets is None or name not in sets:
+            raise KeyError(f"No evaluation set named {name!r}: the sets are {self.eval_set_names}")
+        saved = self.eval_dataset, self._eval_dataloader, self._eval_set_name
+        self.eval_dataset = sets[name]
+        if isinstance(self._eval_dataloader, Mapping):
+            self._eval_dataloader = self._eval_dataloader[name]
+        self._eval_set_name = name
+        try:
+            yield
+        finally:
+            self.eval_dataset, self._eval_dataloader, self._eval_set_name = saved
+
+    @property
+    def eval_set_names(self) -> tuple[str, ...]:
+        """The names of the evaluation sets when ``eval_dataset`` is a dict, in its order;
+        ``()`` for a single unnamed set or none. Each set's metrics end with ``_<name>``
+        (``eval_loss_epoch_<name>``)."""
+        return tuple(self._eval_sets) if self._eval_sets is not None else ()
+
+    @property
+    def eval_set_name(self) -> str | None:
+        """The name of the evaluation set being evaluated (between ``eval_epoch_start`` and
+        ``on_eval_epoch_end`` of that set, and while its loader is created), else ``None``
+        (always ``None`` for a single unnamed set). A metric recorded for the set should end
+        with ``_<name>``, as its loss does."""
+        return self._eval_set_name
+
     @property
     def train_dataloader(self) -> Any:
         """The current run's training loader, prepared for the hardware (read-only)."""
@@ -295,7 +368,9 @@ class BaseTrainer:
 
     @property
     def eval_dataloader(self) -> Any:
-        """The current run's evaluation loader, prepared for the hardware (read-only)."""
+        """The current run's evaluation loader, prepared for the hardware (read-only). With
+        several evaluation sets, a dict of loaders by name, except inside a set's evaluation
+        epoch, where it is that set's loader."""
         return self._eval_dataloader
 
     # ------------------------------------------------------------------------------------------

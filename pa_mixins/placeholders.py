@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import functools
 import operator
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from enum import Enum
 from typing import TYPE_CHECKING, Any
@@ -44,6 +44,8 @@ def _dataloader_length(trainer: BaseTrainer, attribute: str, what: str) -> int:
             f"The placeholder {what} needs a {attribute.strip('_')}, and this run has none"
         )
     try:
+        if isinstance(dataloader, Mapping):  # several evaluation sets: batches of all of them
+            return sum(len(loader) for loader in dataloader.values())
         return len(dataloader)
     except TypeError:
         raise ValueError(
@@ -63,7 +65,13 @@ def _run_config_value(trainer: BaseTrainer, field: str, what: str) -> int:
 
 
 class TrainerPlaceholderValues(Enum):
-    """Values resolved when the trainer creates the scheduler (see the module docstring)."""
+    """Values resolved when the trainer creates the scheduler (see the module docstring).
+
+    ``TRAIN_DATALOADER_LEN`` / ``EVAL_DATALOADER_LEN`` are the batches per epoch of this
+    process's loader; with several evaluation sets (``eval_dataset`` a dict),
+    ``EVAL_DATALOADER_LEN`` is the total over the sets (the evaluation batches after each
+    epoch).
+    """
 
     NUM_EPOCHS = "num_epochs"
     NUM_UPDATE_STEPS_PER_EPOCH = "num_update_steps_per_epoch"

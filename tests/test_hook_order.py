@@ -303,10 +303,14 @@ class Golden:
     """The expected calls, built in the order of the loop (the docstring of
     pa_mixins/mixins/loop.py, corrected where noted), one part of the run at a time."""
 
-    def __init__(self, trainer_cls: type, accumulation: int, log_every: int = 50) -> None:
+    def __init__(
+        self, trainer_cls: type, accumulation: int, log_every: int = 50, eval_sets: int = 1
+    ) -> None:
         self.scheduler = {Trainer: "torch", TrainerWithTimmScheduler: "timm"}.get(trainer_cls)
         self.accumulation = accumulation
         self.log_every = log_every  # the interval of IntervalMetricsCallback
+        # the batches of each evaluation set: one set, or "val" and a one-batch "test"
+        self.eval_batches = [EVAL_SAMPLES // BATCH_SIZE, 1][:eval_sets]
         self.updates = 0
 
     def setup(self) -> list[str]:
@@ -315,8 +319,7 @@ class Golden:
             "reset_run_state",
             "create_train_dataloader",
             "get_default_train_dl_kwargs",
-            "create_eval_dataloader",
-            "get_default_eval_dl_kwargs",
+            *["create_eval_dataloader", "get_default_eval_dl_kwargs"] * len(self.eval_batches),
             "setup_scheduler",
             *scheduler,
             "resume_run",
@@ -387,8 +390,8 @@ class Golden:
     def epoch(self, epoch: int) -> list[str]:
         return [
             *self.train_epoch(epoch, TRAIN_SAMPLES // BATCH_SIZE),
-            *self.eval_epoch(EVAL_SAMPLES // BATCH_SIZE),
-            "at_safe_point:eval_done",
+            *(call for batches in self.eval_batches for call in self.eval_epoch(batches)),
+            "at_safe_point:eval_done",  # once, after every set
             "training_run_epoch_end",
             "on_training_run_epoch_end",
         ]
@@ -407,17 +410,18 @@ class Golden:
     def evaluate(self) -> list[str]:
         # no seam and no safe point: evaluate() is not a training run
         return [
-            "create_eval_dataloader",
-            "get_default_eval_dl_kwargs",
+            *["create_eval_dataloader", "get_default_eval_dl_kwargs"] * len(self.eval_batches),
             "evaluation_run_start",
             "on_evaluation_run_start",
-            *self.eval_epoch(EVAL_SAMPLES // BATCH_SIZE),
+            *(call for batches in self.eval_batches for call in self.eval_epoch(batches)),
             "evaluation_run_end",
             "on_evaluation_run_end",
         ]
 
 
-def _record_a_run(trainer_cls: type, accumulation: int, **trainer_options: Any) -> list[str]:
+def _record_a_run(
+    trainer_cls: type, accumulation: int, eval_sets: int = 1, **trainer_options: Any
+) -> list[str]:
     calls: list[str] = []
     model = make_model()
     trainer = _recording_class(trainer_cls, calls)(
@@ -434,16 +438,19 @@ def _record_a_run(trainer_cls: type, accumulation: int, **trainer_options: Any) 
         options["create_scheduler_fn"] = lambda optimizer: FakeTimmScheduler(calls)
     if accumulation != 1:
         options["gradient_accumulation_steps"] = accumulation
+    eval_dataset: Any = make_regression_data(EVAL_SAMPLES, seed=1)
+    if eval_sets == 2:
+        eval_dataset = {"val": eval_dataset, "test": make_regression_data(1, seed=2)}
     calls.append("train()")
     trainer.train(
         train_dataset=make_regression_data(TRAIN_SAMPLES),
-        eval_dataset=make_regression_data(EVAL_SAMPLES, seed=1),
+        eval_dataset=eval_dataset,
         num_epochs=EPOCHS,
         per_device_batch_size=BATCH_SIZE,
         **options,
     )
     calls.append("evaluate()")
-    trainer.evaluate(make_regression_data(EVAL_SAMPLES, seed=1), per_device_batch_size=BATCH_SIZE)
+    trainer.evaluate(eval_dataset, per_device_batch_size=BATCH_SIZE)
     return calls
 
 
@@ -511,6 +518,13 @@ class _Exploding(torch.utils.data.Dataset):
 
     def __getitem__(self, index: int) -> Any:
         raise RuntimeError("boom in the data")
+
+
+@pytest.mark.parametrize("trainer_cls", [Trainer, MinimalTrainer])
+def test_two_evaluation_sets_are_evaluated_in_turn_with_one_safe_point(trainer_cls: type) -> None:
+    golden = Golden(trainer_cls, 1, eval_sets=2)
+    expected = ["on_init_end", "train()", *golden.train(), "evaluate()", *golden.evaluate()]
+    assert _record_a_run(trainer_cls, 1, eval_sets=2) == expected
 
 
 def test_the_minimal_trainer_refuses_accumulation() -> None:

@@ -39,6 +39,8 @@ EXPECTED_OWNERS: dict[str, str] = {
     "_train_dataloader": "BaseTrainer",
     "_eval_dataloader": "BaseTrainer",
     "_last_grad_norm": "BaseTrainer",  # what clipping by norm returned (last_grad_norm)
+    "_eval_sets": "BaseTrainer",  # several evaluation sets by name (eval_set_names)
+    "_eval_set_name": "BaseTrainer",  # the set being evaluated (eval_set_name)
     # TrainingLoopMixin: the run's position, its random state and the running loss
     "_loss_tracker": "TrainingLoopMixin",
     "_user_max_steps": "TrainingLoopMixin",

@@ -223,7 +223,9 @@ class ProgressBarCallback(TrainerCallback):
 
     def on_eval_epoch_start(self, trainer: BaseTrainer, **kwargs: Any) -> None:
         self._close(self.eval_pbar)
-        self.eval_pbar = self._open(trainer, loader_length(trainer.eval_dataloader), "eval")
+        name = trainer.eval_set_name
+        desc = "eval" if name is None else f"eval {name}"
+        self.eval_pbar = self._open(trainer, loader_length(trainer.eval_dataloader), desc)
 
     def on_eval_step_end(
         self, trainer: BaseTrainer, batch: Any, batch_output: dict[str, Any], **kwargs: Any

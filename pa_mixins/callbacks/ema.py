@@ -133,6 +133,9 @@ class ModelEmaCallback(SaveBestModelCallback):
 
     # -- events -----------------------------------------------------------------------------------
 
+    def _watches_metric(self) -> bool:
+        return self.evaluate_during_training
+
     def on_training_run_start(self, trainer: BaseTrainer, **kwargs: Any) -> None:
         super().on_training_run_start(trainer)
         model = trainer.get_model(keep_torch_compile=False)

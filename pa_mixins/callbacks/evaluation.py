@@ -52,6 +52,9 @@ class StepBasedEvaluationCallback(TrainerCallback):
       trains exactly as the same run without them;
     * on several processes every process evaluates at the same update.
 
+    With several evaluation sets (``eval_dataset`` a dict), each intermediate evaluation
+    evaluates every set, in order, recording ``intermediate_eval_loss_<name>``.
+
     Without an evaluation set it does nothing (with a warning at the start of training).
     Combine with :class:`LimitEvalStepsCallback` to evaluate only part of the set; the order
     of the two callbacks does not matter.
@@ -97,6 +100,7 @@ class LimitEvalStepsCallback(TrainerCallback):
         ``i < num_eval_steps % P``, and the recorded loss is (up to float rounding) the one a
         single process gets from those batches. (pytorch-accelerated gave each process
         ``num_eval_steps // P`` batches, none at all when ``num_eval_steps < P``.)
+        With several evaluation sets, the limit applies to each set.
     :param limit_intermediate_only: limit intermediate evaluations only (the default); with
         ``False``, every evaluation epoch is limited: the one after each training epoch and
         ``evaluate()``'s too.

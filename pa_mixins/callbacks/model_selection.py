@@ -5,6 +5,11 @@ several processes every process takes the same decision at the same epoch. (A me
 record yourself must be the same on every process for that to hold, e.g. computed from
 gathered predictions.) Both are stateful: their ``state_dict()`` is saved in training states,
 so a resumed run carries on with the same best value and counter.
+
+With several evaluation sets (``eval_dataset`` a dict), each set's loss is
+``eval_loss_epoch_<name>`` and there is no ``eval_loss_epoch``: name the set to watch
+(``watch_metric="eval_loss_epoch_val"``). Watching the default name then fails when the run
+starts, not after its first epoch.
 """
 
 from __future__ import annotations
@@ -18,6 +23,19 @@ if TYPE_CHECKING:
     from pa_mixins.base import BaseTrainer
 
 __all__ = ["EarlyStoppingCallback", "SaveBestModelCallback"]
+
+
+def check_watch_metric(trainer: BaseTrainer, watch_metric: str, who: str) -> None:
+    """Refuse, when the run starts, to watch the loss of the single evaluation set
+    (``...eval_loss_epoch``) in a run with several named sets, which records
+    ``...eval_loss_epoch_<name>`` instead."""
+    names = trainer.eval_set_names
+    if names and watch_metric.endswith("eval_loss_epoch"):
+        choices = ", ".join(repr(f"{watch_metric}_{name}") for name in names)
+        raise ValueError(
+            f"{who}(watch_metric={watch_metric!r}): this run has several evaluation sets "
+            f"({', '.join(names)}), whose losses are {choices}; pass the one to watch"
+        )
 
 
 class SaveBestModelCallback(TrainerCallback):
@@ -71,7 +89,13 @@ class SaveBestModelCallback(TrainerCallback):
         self.best_metric = state["best_metric"]
         self.best_metric_epoch = state["best_metric_epoch"]
 
+    def _watches_metric(self) -> bool:
+        """Whether this callback reads ``watch_metric`` (the EMA callback may not)."""
+        return True
+
     def on_training_run_start(self, trainer: BaseTrainer, **kwargs: Any) -> None:
+        if self._watches_metric():
+            check_watch_metric(trainer, self.watch_metric, type(self).__name__)
         if self.reset_on_train:
             self.best_metric = None
             self.best_metric_epoch = None
@@ -140,6 +164,7 @@ class EarlyStoppingCallback(TrainerCallback):
         self.early_stopping_patience_counter = state["counter"]
 
     def on_training_run_start(self, trainer: BaseTrainer, **kwargs: Any) -> None:
+        check_watch_metric(trainer, self.watch_metric, type(self).__name__)
         if self.reset_on_train:
             self.best_metric = None
             self.early_stopping_patience_counter = 0

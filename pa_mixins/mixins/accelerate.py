@@ -22,7 +22,7 @@ Accelerate loop) and finds the same weights, bit for bit.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from contextlib import AbstractContextManager, nullcontext
 from datetime import timedelta
 from typing import Any, ClassVar
@@ -198,6 +198,14 @@ class AccelerateMixin(BaseTrainer):
         self._set_even_batches(prepared, even_batches)
         return prepared
 
+    def _prepare_eval_dataloader(self, dataloader: Any) -> Any:
+        """One evaluation loader prepared on its own (``even_batches=False``)."""
+        if not self._engine_owns_optimizer:
+            return self._prepare_dataloader(dataloader, even_batches=False)
+        prepared = self.accelerator.prepare(dataloader)
+        self._set_even_batches(prepared, False)
+        return prepared
+
     @override
     def prepare_for_hardware(
         self, model: nn.Module, optimizer: Any, train_dataloader: Any, eval_dataloader: Any
@@ -206,8 +214,17 @@ class AccelerateMixin(BaseTrainer):
 
         Training loaders use ``even_batches=True`` (every process gets the same number of
         batches; the last one is completed from the start of the data), evaluation loaders
-        ``even_batches=False`` (no sample is seen twice).
+        ``even_batches=False`` (no sample is seen twice). ``eval_dataloader`` may be a dict of
+        loaders (several evaluation sets): each is prepared, the dict is returned.
         """
+        if isinstance(eval_dataloader, Mapping):
+            model, optimizer, train_dataloader, _ = self.prepare_for_hardware(
+                model, optimizer, train_dataloader, None
+            )
+            loaders = {
+                name: self._prepare_eval_dataloader(dl) for name, dl in eval_dataloader.items()
+            }
+            return model, optimizer, train_dataloader, loaders
         acc = self.accelerator
         if self._engine_owns_optimizer:
             # Engines (DeepSpeed needs the loaders to infer its batch size) prepare all at once.

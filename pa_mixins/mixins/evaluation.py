@@ -10,7 +10,7 @@ outputs of every sample, in dataset order, on every process.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from itertools import islice
 from typing import Any
 
@@ -90,7 +90,8 @@ class EvaluationMixin(BaseTrainer):
         """Run one evaluation epoch over ``dataset`` and record ``evaluation_loss``.
 
         :param dataset: the data to evaluate; ``None`` for the evaluation set of the last
-            ``train()``.
+            ``train()``. A dict of named datasets evaluates each, recording
+            ``evaluation_loss_<name>``.
         :param per_device_batch_size: the batch size of each process (a ``batch_size`` in
             ``dataloader_kwargs`` wins).
         :param dataloader_kwargs: overrides of the evaluation ``DataLoader`` settings.
@@ -258,7 +259,14 @@ class EvaluationMixin(BaseTrainer):
     ) -> None:
         """One pass over ``valid_dl`` (or its first :meth:`get_eval_batch_limit` batches)
         without gradients; records ``eval_loss_epoch`` (``intermediate_eval_loss`` inside a
-        training epoch, ``evaluation_loss`` in ``evaluate()``)."""
+        training epoch, ``evaluation_loss`` in ``evaluate()``). With several evaluation sets
+        (a dict of loaders), one such epoch per set, in order, each with its own events and
+        its metrics ending with ``_<name>``."""
+        if isinstance(valid_dl, Mapping):
+            for name, loader in valid_dl.items():
+                with self._eval_set(name):
+                    self._run_eval_epoch(loader, is_training, is_intermediate)
+            return
         model = self.model
         module = self.model_for_evaluation()
         try:
@@ -288,6 +296,8 @@ class EvaluationMixin(BaseTrainer):
             name = "intermediate_eval_loss"
         else:
             name = "eval_loss_epoch" if is_training else "evaluation_loss"
+        if self.eval_set_name is not None:
+            name = f"{name}_{self.eval_set_name}"
         self._add_epoch_loss_to_run_history(name, tracker)
         self.call_loop_event("on_eval_epoch_end", is_intermediate=is_intermediate)
         self.agree_on_stop()

@@ -174,7 +174,9 @@ class TrainingLoopMixin(BaseTrainer):
         :param train_dataset: the training data (map-style or iterable dataset).
         :param num_epochs: the number of epochs (recomputed from ``max_num_train_steps`` when
             that is given and the loader has a length).
-        :param eval_dataset: data evaluated after each epoch; ``None`` to skip evaluation.
+        :param eval_dataset: data evaluated after each epoch; ``None`` to skip evaluation. A
+            dict of named datasets (``{"val": ..., "test": ...}``) evaluates each, in order,
+            recording ``eval_loss_epoch_<name>`` (see docs/logging.md).
         :param per_device_batch_size: batch size of each process, for training and evaluation
             (a ``batch_size`` in the loader kwargs wins).
         :param max_num_train_steps: stop after this many optimizer updates. Updates are counted
