@@ -6,6 +6,11 @@ cd "$(dirname "$0")/.."
 out="${OUT:-benchmarks/results}"
 mkdir -p "$out"
 python3 -m pip install -q --no-deps -e . 2>/dev/null || export PYTHONPATH="$PWD:${PYTHONPATH:-}"
+# The GPU hosts have no package index and no DeepSpeed: install a wheel carried with the tree
+# (built beforehand with `pip wheel deepspeed --no-deps -w shared/wheels`), if there is one.
+for wheel in shared/wheels/deepspeed-*.whl benchmarks/wheels/deepspeed-*.whl; do
+  [ -f "$wheel" ] && python3 -m pip install -q --no-deps "$wheel" && break
+done
 {
   date -u
   nvidia-smi --query-gpu=name,memory.total --format=csv,noheader

@@ -37,8 +37,10 @@ from pa_mixins.finetuning import BN_MODULES, Layer, LayerGroup, ModelFreezer
 from pa_mixins.mixins import (
     AccelerateMixin,
     CheckpointMixin,
+    DeepSpeedMixin,
     EvaluationMixin,
     ExperimentTrackingMixin,
+    FSDPMixin,
     GradientAccumulationMixin,
     MixedPrecisionMixin,
     SchedulerMixin,
@@ -67,7 +69,13 @@ from pa_mixins.schedulers import (
     WSDLrScheduler,
 )
 from pa_mixins.tracking import InMemoryRunHistory, LossTracker, RunHistory
-from pa_mixins.trainer import MinimalTrainer, Trainer, TrainerWithTimmScheduler
+from pa_mixins.trainer import (
+    DeepSpeedTrainer,
+    FSDPTrainer,
+    MinimalTrainer,
+    Trainer,
+    TrainerWithTimmScheduler,
+)
 from pa_mixins.utils import (
     LIMIT_BATCHES_ENV_VAR,
     DataLoaderSlice,
@@ -96,9 +104,13 @@ __all__ = [
     "ConvertSyncBatchNormCallback",
     "CosineLrScheduler",
     "DataLoaderSlice",
+    "DeepSpeedMixin",
+    "DeepSpeedTrainer",
     "EarlyStoppingCallback",
     "EvaluationMixin",
     "ExperimentTrackingMixin",
+    "FSDPMixin",
+    "FSDPTrainer",
     "GradientAccumulationMixin",
     "InMemoryRunHistory",
     "IntervalMetricsCallback",

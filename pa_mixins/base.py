@@ -25,6 +25,7 @@ import math
 import re
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
+from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 import torch
@@ -32,7 +33,7 @@ from torch import nn
 
 from pa_mixins.assembly import check_assembly
 from pa_mixins.callback_base import CallbackHandler
-from pa_mixins.checkpoint_format import check_model_fits, check_optimizer_fits
+from pa_mixins.checkpoint_format import CheckpointError, check_model_fits, check_optimizer_fits
 from pa_mixins.data import loader_length
 from pa_mixins.run_config import TrainerRunConfig
 from pa_mixins.tracking import InMemoryRunHistory, LossTracker, RunHistory
@@ -477,6 +478,11 @@ class BaseTrainer:
         processes (``predict`` shards the data itself, to keep the dataset order)."""
         raise self._missing("place_dataloader_on_device")
 
+    def full_model_state_dict(self) -> dict[str, Any]:
+        """The model's complete weights (gathered from every process where an engine shards
+        them), without any wrapper prefix: what portable checkpoints hold."""
+        raise self._missing("full_model_state_dict")
+
     def get_model(self, keep_torch_compile: bool = True) -> nn.Module:
         """The model without distributed / mixed-precision wrappers."""
         raise self._missing("get_model")
@@ -592,6 +598,12 @@ class BaseTrainer:
         ``AccelerateMixin``: add to the dict that ``super().get_accelerator_kwargs()`` returns."""
         return {}
 
+    def configure_run(self, train_arguments: Mapping[str, Any]) -> None:
+        """Setup step of ``train()``, before the Accelerator exists: read the ``train()``
+        arguments your mixin depends on (``train_arguments``, by name) and refuse what it
+        cannot do, with a clear error before anything runs (``DeepSpeedMixin`` writes them
+        into the engine's config). Extend with ``super()`` called first."""
+
     def reset_run_state(self) -> None:
         """First setup step of ``train()``: forget the previous run's state (the loop its
         position, accumulation its open group, checkpointing its pending saves). Extend with
@@ -658,6 +670,23 @@ class BaseTrainer:
         an epoch's ``on_train_epoch_end``) or ``"eval_done"`` (after the epoch's evaluation).
         Cheap by contract: it runs after every micro-batch. Extend with ``super()``."""
 
+    #: ``True`` when an engine (DeepSpeed) saves the model and the optimizer of training states
+    #: itself (:meth:`save_engine_state`), instead of ``training_state_dict``'s weights
+    engine_saves_weights: ClassVar[bool] = False
+
+    @property
+    def engine(self) -> Any:
+        """The engine that owns the model and the optimizer in the current run (DeepSpeed's
+        ``DeepSpeedEngine``), else ``None``."""
+        return None
+
+    def save_engine_state(self, folder: Path) -> None:
+        """Write the engine's own checkpoint files into ``folder`` (every process; part of a
+        training state, committed by its manifest): ``DeepSpeedMixin``. Nothing by default."""
+
+    def load_engine_state(self, folder: Path) -> None:
+        """Load what :meth:`save_engine_state` wrote in ``folder``. Nothing by default."""
+
     # ------------------------------------------------------------------------------------------
     # Run state, contributed by each class that owns some (see docs/mixins.md, "Write a
     # stateful mixin"). A training state holds the shared dict once and one process dict per
@@ -668,9 +697,12 @@ class BaseTrainer:
         """The run's state, the same on every process: here the model weights, the optimizer,
         the run history and the callbacks' states. Extend by calling ``super()`` first and
         adding your own key."""
+        weights = not self.engine_saves_weights
         return {
-            "model": self.get_model(keep_torch_compile=False).state_dict(),
-            "optimizer": self.optimizer.state_dict() if self.optimizer is not None else None,
+            "model": self.get_model(keep_torch_compile=False).state_dict() if weights else None,
+            "optimizer": self.optimizer.state_dict()
+            if weights and self.optimizer is not None
+            else None,
             "run_history": self.run_history.state_dict(),
             "callbacks": self.callback_handler.state_dict(),
         }
@@ -687,13 +719,21 @@ class BaseTrainer:
         run), call ``super()``, then apply it; so every check runs before anything changes.
         Here: the weights and the optimizer (checked first), then, when resuming, the run
         history and the callbacks' states (given back after ``on_training_run_start``)."""
-        model = self.get_model(keep_torch_compile=False)
-        check_model_fits(model, state["model"], "The training state")
-        if self.optimizer is not None and state["optimizer"] is not None:
-            check_optimizer_fits(self.optimizer, state["optimizer"], "the training state")
-        model.load_state_dict(state["model"])
-        if self.optimizer is not None and state["optimizer"] is not None:
-            self.optimizer.load_state_dict(state["optimizer"])
+        if (state["model"] is None) != self.engine_saves_weights:
+            saved_by = "an engine" if state["model"] is None else "the trainer"
+            raise CheckpointError(
+                f"The training state's weights were saved by {saved_by}; this trainer "
+                f"{'uses' if self.engine_saves_weights else 'does not use'} DeepSpeed: resume "
+                "with the same kind of trainer"
+            )
+        if state["model"] is not None:
+            model = self.get_model(keep_torch_compile=False)
+            check_model_fits(model, state["model"], "The training state")
+            if self.optimizer is not None and state["optimizer"] is not None:
+                check_optimizer_fits(self.optimizer, state["optimizer"], "the training state")
+            model.load_state_dict(state["model"])
+            if self.optimizer is not None and state["optimizer"] is not None:
+                self.optimizer.load_state_dict(state["optimizer"])
         if resume:
             self.run_history.load_state_dict(state["run_history"])
             self.callback_handler.load_state_dict(state["callbacks"])

@@ -25,6 +25,7 @@ import contextlib
 import json
 import os
 import pickle
+import shutil
 import time
 import uuid
 import warnings
@@ -44,6 +45,7 @@ __all__ = [
     "check_model_fits",
     "check_optimizer_fits",
     "check_plain",
+    "engine_dir_name",
     "generation_files",
     "list_training_states",
     "next_generation",
@@ -256,16 +258,26 @@ def rank_file_name(rank: int, generation: int) -> str:
     return f"rank{rank}.{generation}.pt"
 
 
+def engine_dir_name(generation: int) -> str:
+    """The folder of an engine's own checkpoint (DeepSpeed), of generation ``generation``."""
+    return f"engine.{generation}"
+
+
 def write_manifest(
     folder: Path, generation: int, num_processes: int, position: dict[str, Any]
 ) -> dict[str, int]:
     """Commit generation ``generation`` of the state in ``folder``: write its manifest
-    atomically, listing the shared file and the ``num_processes`` per-process files with their
-    sizes. Returns the listed files (name: size)."""
+    atomically, listing the shared file, the ``num_processes`` per-process files and the files
+    of an engine's checkpoint folder, with their sizes. Returns the listed files (name: size)."""
     files = {
         trainer_file_name(generation): 0,
         **{rank_file_name(r, generation): 0 for r in range(num_processes)},
     }
+    engine_dir = folder / engine_dir_name(generation)
+    if engine_dir.is_dir():
+        for path in sorted(engine_dir.rglob("*")):
+            if path.is_file():
+                files[path.relative_to(folder).as_posix()] = 0
     for name in files:
         files[name] = (folder / name).stat().st_size
     manifest = {
@@ -311,12 +323,19 @@ def next_generation(folder: Path) -> int:
         parts = path.name.split(".")
         if len(parts) == 3 and parts[2] == "pt" and parts[1].isdigit():
             newest = max(newest, int(parts[1]))
+        elif len(parts) == 2 and parts[0] == "engine" and parts[1].isdigit():
+            newest = max(newest, int(parts[1]))
     return newest + 1
 
 
 def remove_stale_files(folder: Path, keep: set[str]) -> None:
-    """Remove older generations' files and leftovers of interrupted writes."""
+    """Remove older generations' files and engine folders, and leftovers of interrupted
+    writes."""
+    kept_dirs = {name.split("/", 1)[0] for name in keep if "/" in name}
     for path in folder.iterdir():
+        if path.is_dir() and path.name.startswith("engine.") and path.name not in kept_dirs:
+            shutil.rmtree(path, ignore_errors=True)
+            continue
         stale_data = path.suffix == ".pt" and path.name not in keep
         leftover = path.name.startswith(".") and ".tmp-" in path.name
         if path.is_file() and (stale_data or leftover):
@@ -388,14 +407,17 @@ def write_training_state(
     position: dict[str, Any],
     value_from_main: Callable[[int], int],
     any_process: Callable[[bool], bool],
+    write_engine_state: Callable[[Path], None] | None = None,
 ) -> None:
     """Write a training state to ``output_dir``, crash-safely, on every process at once.
 
     ``shared_state`` (given on the first process only, ``None`` elsewhere) goes to the shared
-    file, ``process_state`` to this process's file. ``value_from_main`` and ``any_process``
-    are the trainer's agreements between processes. The first process picks the generation,
-    every process writes its file aside, and the manifest commits the state; if anything
-    fails on any process, the new files are removed and the previous state (if any) stays.
+    file, ``process_state`` to this process's file, and ``write_engine_state`` (on every
+    process) writes an engine's checkpoint into the generation's engine folder.
+    ``value_from_main`` and ``any_process`` are the trainer's agreements between processes.
+    The first process picks the generation, every process writes its file aside, and the
+    manifest commits the state; if anything fails on any process, the new files are removed
+    and the previous state (if any) stays.
     """
     is_main = shared_state is not None
     # 1. The first process prepares the folder and picks the new generation number.
@@ -424,10 +446,13 @@ def write_training_state(
         path = output_dir / rank_file_name(rank, generation)
         written.append(path)
         save_tensors(process_state, path)
+        if write_engine_state is not None:
+            write_engine_state(output_dir / engine_dir_name(generation))
     except (OSError, TypeError, RuntimeError) as error:
         failure = error
     if any_process(failure is not None):
         remove_files(written)
+        shutil.rmtree(output_dir / engine_dir_name(generation), ignore_errors=True)
         raise CheckpointError(
             f"Writing the training state to {output_dir} failed"
             + (f": {type(failure).__name__}: {failure}" if failure else " on another process")
@@ -445,6 +470,7 @@ def write_training_state(
     if value_from_main(ok) != 1:
         own_files = [output_dir / name for name in generation_files(output_dir, generation)]
         remove_files(own_files if is_main else written)
+        shutil.rmtree(output_dir / engine_dir_name(generation), ignore_errors=True)
         raise CheckpointError(
             f"Committing the training state in {output_dir} failed"
             + (f": {failure}" if failure else "")

@@ -10,8 +10,10 @@ from pa_mixins.callbacks import DEFAULT_CALLBACKS
 from pa_mixins.mixins import (
     AccelerateMixin,
     CheckpointMixin,
+    DeepSpeedMixin,
     EvaluationMixin,
     ExperimentTrackingMixin,
+    FSDPMixin,
     GradientAccumulationMixin,
     MixedPrecisionMixin,
     SchedulerMixin,
@@ -23,6 +25,8 @@ from pa_mixins.placeholders import TrainerPlaceholderValues, replace_trainer_pla
 __all__ = [
     "DEFAULT_CALLBACKS",
     "BaseTrainer",
+    "DeepSpeedTrainer",
+    "FSDPTrainer",
     "MinimalTrainer",
     "Trainer",
     "TrainerPlaceholderValues",
@@ -67,3 +71,14 @@ class TrainerWithTimmScheduler(TimmSchedulerMixin, Trainer):
     after each optimizer update (``n`` = updates completed in the run) and ``step(epoch)`` at
     the end of each training epoch (``epoch`` = epochs completed). See
     :class:`~pa_mixins.mixins.timm_scheduling.TimmSchedulerMixin`."""
+
+
+class DeepSpeedTrainer(DeepSpeedMixin, Trainer):
+    """A :class:`Trainer` on DeepSpeed configured in code: ``DeepSpeedTrainer(model, loss_func,
+    optimizer, deepspeed_config=..., zero_stage=...)``. See
+    :class:`~pa_mixins.mixins.deepspeed.DeepSpeedMixin`."""
+
+
+class FSDPTrainer(FSDPMixin, Trainer):
+    """A :class:`Trainer` on PyTorch FSDP2 (GPUs only): ``FSDPTrainer(model, loss_func,
+    optimizer, fsdp_config={...})``. See :class:`~pa_mixins.mixins.fsdp.FSDPMixin`."""

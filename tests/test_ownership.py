@@ -53,12 +53,16 @@ EXPECTED_OWNERS: dict[str, str] = {
     "_eval_dl_kwargs": "EvaluationMixin",
     # GradientAccumulationMixin: the open accumulation group
     "_group_size": "GradientAccumulationMixin",
+    "_group_divisor": "GradientAccumulationMixin",
     "_items_in_group": "GradientAccumulationMixin",
     # SchedulerMixin
     "scheduler": "SchedulerMixin",
     "create_scheduler_fn": "SchedulerMixin",
     # MixedPrecisionMixin
     "requested_mixed_precision": "MixedPrecisionMixin",
+    # DeepSpeedMixin, FSDPMixin: the engine's config as given
+    "deepspeed_config": "DeepSpeedMixin",
+    "fsdp_config": "FSDPMixin",
     # CheckpointMixin: saves waiting for a safe point and the stop on signals
     "_pending_saves": "CheckpointMixin",
     "_in_run": "CheckpointMixin",
@@ -77,6 +81,9 @@ EXPECTED_OWNERS: dict[str, str] = {
     "_defer_stops": "AccelerateMixin",
     "_deferred_stop": "AccelerateMixin",
     "process_group_timeout": "AccelerateMixin",
+    "_engine_settings": "AccelerateMixin",
+    "_run_trains": "AccelerateMixin",
+    "_reusing_engine": "AccelerateMixin",
 }
 
 PROCESS_PROPERTIES = (

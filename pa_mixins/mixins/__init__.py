@@ -3,7 +3,9 @@
 
 from pa_mixins.mixins.accelerate import AccelerateMixin
 from pa_mixins.mixins.checkpointing import CheckpointMixin
+from pa_mixins.mixins.deepspeed import DeepSpeedMixin
 from pa_mixins.mixins.evaluation import EvaluationMixin
+from pa_mixins.mixins.fsdp import FSDPMixin
 from pa_mixins.mixins.gradient_accumulation import GradientAccumulationMixin
 from pa_mixins.mixins.loop import TrainingLoopMixin
 from pa_mixins.mixins.mixed_precision import MixedPrecisionMixin
@@ -14,8 +16,10 @@ from pa_mixins.mixins.tracking import ExperimentTrackingMixin
 __all__ = [
     "AccelerateMixin",
     "CheckpointMixin",
+    "DeepSpeedMixin",
     "EvaluationMixin",
     "ExperimentTrackingMixin",
+    "FSDPMixin",
     "GradientAccumulationMixin",
     "MixedPrecisionMixin",
     "SchedulerMixin",

@@ -22,8 +22,8 @@ Accelerate loop) and finds the same weights, bit for bit.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Mapping
-from contextlib import AbstractContextManager, nullcontext
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from datetime import timedelta
 from typing import Any, ClassVar
 
@@ -33,7 +33,9 @@ from accelerate import notebook_launcher as notebook_launcher
 from accelerate.data_loader import prepare_data_loader
 from accelerate.state import AcceleratorState
 from accelerate.utils import (
+    DeepSpeedPlugin,
     DistributedType,
+    FullyShardedDataParallelPlugin,
     InitProcessGroupKwargs,
     find_batch_size,
     recursively_apply,
@@ -50,6 +52,11 @@ from pa_mixins.distributed import (
     broadcast_buffers_from_main,
     register_exit_handler,
 )
+from pa_mixins.engines import (
+    EngineSettings,
+    prepare_deepspeed_environment,
+    reconcile_deepspeed_config,
+)
 from pa_mixins.utils import remove_padding
 
 __all__ = ["AccelerateMixin", "notebook_launcher"]
@@ -63,10 +70,22 @@ _ENGINES_OWNING_THE_OPTIMIZER = frozenset(
     }
 )
 
+_ENGINE_PLUGINS = ("deepspeed_plugin", "fsdp_plugin")
+
 WORKING_CPU_LAUNCHES = (
     "ACCELERATE_USE_CPU=1 torchrun --standalone --nproc_per_node N script.py, or "
     "ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu --num_processes N script.py"
 )
+
+
+@contextmanager
+def _not_an_update(accelerator: Accelerator) -> Iterator[None]:
+    """Backward passes inside do not end an update: DeepSpeed accumulates and does not step."""
+    accelerator.sync_gradients = False
+    try:
+        yield
+    finally:
+        accelerator.sync_gradients = True
 
 
 def reset_accelerate_state() -> None:
@@ -108,6 +127,9 @@ class AccelerateMixin(BaseTrainer):
         self._deferred_stop: StopTrainingError | None = None
         self._accelerator: Accelerator | None = None
         self._engine_owns_optimizer = False
+        self._engine_settings: EngineSettings | None = None
+        self._run_trains = False  # set by train() for the hardware run it starts
+        self._reusing_engine = False
         super().__init__(*args, **kwargs)
 
     # -- the accelerator --------------------------------------------------------------------
@@ -141,15 +163,20 @@ class AccelerateMixin(BaseTrainer):
         settings can be used one after the other.
         """
         kwargs = self.get_accelerator_kwargs()
+        self._engine_plugins(kwargs)
         state = AcceleratorState._shared_state
         if state:
             wanted = kwargs.get("mixed_precision") or os.environ.get(
                 "ACCELERATE_MIXED_PRECISION", "no"
             )
-            if state.get("_mixed_precision", "no") != str(wanted):
+            engines = any(kwargs.get(name) is not None for name in _ENGINE_PLUGINS) or any(
+                state.get(name) for name in ("deepspeed_plugins", "fsdp_plugin")
+            )
+            if engines or state.get("_mixed_precision", "no") != str(wanted):
                 reset_accelerate_state()
         accelerator = Accelerator(**kwargs)
         self._check_launch(accelerator)
+        self._check_engine(accelerator, fsdp_asked=kwargs.get("fsdp_plugin") is not None)
         if accelerator.num_processes > 1:
             register_exit_handler()
         return accelerator
@@ -165,9 +192,60 @@ class AccelerateMixin(BaseTrainer):
                 f"{WORKING_CPU_LAUNCHES}."
             )
 
+    def _engine_plugins(self, kwargs: dict[str, Any]) -> None:
+        """Turn the engine configs that mixins put in the kwargs as plain data
+        (``deepspeed_config``, ``fsdp_config``) into Accelerate's plugins, the trainer's
+        settings written into the DeepSpeed config first."""
+        deepspeed_config = kwargs.pop("deepspeed_config", None)
+        if deepspeed_config is not None:
+            if self._engine_settings is not None:
+                world_size = int(os.environ.get("WORLD_SIZE", "1"))
+                reconcile_deepspeed_config(deepspeed_config, self._engine_settings, world_size)
+            prepare_deepspeed_environment()
+            kwargs["deepspeed_plugin"] = DeepSpeedPlugin(hf_ds_config=deepspeed_config)
+        fsdp_config = kwargs.pop("fsdp_config", None)
+        if fsdp_config is not None:
+            kwargs["fsdp_plugin"] = FullyShardedDataParallelPlugin(**fsdp_config)
+
+    @staticmethod
+    def _check_engine(accelerator: Accelerator, fsdp_asked: bool) -> None:
+        fsdp_asked = fsdp_asked or os.environ.get("ACCELERATE_USE_FSDP", "").lower() == "true"
+        if fsdp_asked and accelerator.distributed_type != DistributedType.FSDP:
+            raise RuntimeError(
+                "FSDP was asked for, but Accelerate set this run up as "
+                f"{accelerator.distributed_type} (on a machine without GPUs it silently falls "
+                "back to plain data parallelism): FSDP needs GPUs; leave it out to train with "
+                "DDP on the CPU"
+            )
+
+    @override
+    def configure_run(self, train_arguments: Mapping[str, Any]) -> None:
+        """Records what an engine must follow (batch sizes, accumulation, clipping)."""
+        super().configure_run(train_arguments)
+        self._engine_settings = EngineSettings.from_train_arguments(train_arguments)
+        self._run_trains = True
+
     @override
     def start_hardware_run(self) -> None:
-        """Begin a run on a fresh ``Accelerator`` (called at the start of train/evaluate)."""
+        """Begin a run on a fresh ``Accelerator`` (called at the start of train/evaluate).
+
+        After a DeepSpeed run, whose engine now holds the model and the optimizer (sharded
+        from ZeRO-1 on), ``evaluate()`` and ``predict()`` run through that engine instead, and
+        a second ``train()`` is refused with a clear error."""
+        trains, self._run_trains = self._run_trains, False
+        engine = self.engine if self._accelerator is not None else None
+        self._reusing_engine = engine is not None and not trains
+        if self._reusing_engine:
+            self._defer_stops = self.accelerator.num_processes > 1
+            self._deferred_stop = None
+            return
+        if engine is not None and engine.zero_optimization_stage() >= 1:
+            raise RuntimeError(
+                "This trainer's model and optimizer now belong to its DeepSpeed engine (ZeRO "
+                f"stage {engine.zero_optimization_stage()} shards them), which cannot be set up "
+                "a second time: train again with a new trainer (load the exported weights or "
+                "resume from a training state)"
+            )
         if self._accelerator is not None:
             self._accelerator.free_memory()
         self._accelerator = self._create_accelerator()
@@ -226,6 +304,11 @@ class AccelerateMixin(BaseTrainer):
             }
             return model, optimizer, train_dataloader, loaders
         acc = self.accelerator
+        if self._reusing_engine:  # evaluation or prediction after a DeepSpeed run
+            return self.engine, optimizer, None, self._prepare_eval_dataloader(eval_dataloader)
+        if acc.distributed_type == DistributedType.DEEPSPEED and self._engine_settings is not None:
+            config = acc.state.deepspeed_plugin.deepspeed_config
+            reconcile_deepspeed_config(config, self._engine_settings, acc.num_processes)
         if self._engine_owns_optimizer:
             # Engines (DeepSpeed needs the loaders to infer its batch size) prepare all at once.
             objects = [model, optimizer, train_dataloader, eval_dataloader]
@@ -325,6 +408,20 @@ class AccelerateMixin(BaseTrainer):
     def wait_for_everyone(self) -> None:
         self.accelerator.wait_for_everyone()
 
+    @property
+    @override
+    def engine(self) -> Any:
+        wrapped = getattr(self.accelerator, "deepspeed_engine_wrapped", None)
+        return None if wrapped is None else wrapped.engine
+
+    @override
+    def full_model_state_dict(self) -> dict[str, Any]:
+        """Through ``Accelerator.get_state_dict``: gathers ZeRO-3 and FSDP shards (from the
+        engine, which still holds them after ``train()``)."""
+        model = self.engine if self.engine is not None else self.model
+        state: dict[str, Any] = self.accelerator.get_state_dict(model)
+        return {key.removeprefix("_orig_mod."): value for key, value in state.items()}
+
     @override
     def get_model(self, keep_torch_compile: bool = True) -> nn.Module:
         """The model without the distributed and mixed-precision wrappers; with
@@ -338,16 +435,24 @@ class AccelerateMixin(BaseTrainer):
 
     @override
     def backward(self, loss: torch.Tensor) -> None:
-        if self._engine_owns_optimizer:
-            self.accelerator.backward(loss)
+        acc = self.accelerator
+        if acc.distributed_type == DistributedType.DEEPSPEED:
+            # DeepSpeed steps inside backward at an accumulation boundary; the loss is already
+            # scaled by GradientAccumulationMixin, exactly as without the engine.
+            acc.backward(loss, scale_wrt_gas=False)
+        elif self._engine_owns_optimizer:
+            acc.backward(loss)
         else:
             loss.backward()
 
     @override
     def no_gradient_sync(self) -> AbstractContextManager[Any]:
-        if self.accelerator.num_processes == 1 and not self._engine_owns_optimizer:
+        acc = self.accelerator
+        if acc.distributed_type == DistributedType.DEEPSPEED:
+            return _not_an_update(acc)
+        if acc.num_processes == 1 and not self._engine_owns_optimizer:
             return nullcontext()
-        return self.accelerator.no_sync(self.model)
+        return acc.no_sync(self.model)
 
     @property
     @override
@@ -378,11 +483,15 @@ class AccelerateMixin(BaseTrainer):
 
     def _refuse_sharded_engine(self) -> None:
         distributed_type = self.accelerator.distributed_type
-        sharded = {DistributedType.DEEPSPEED, DistributedType.FSDP, DistributedType.MEGATRON_LM}
-        if distributed_type in sharded:
+        if distributed_type == DistributedType.DEEPSPEED and not self.engine_saves_weights:
+            raise NotImplementedError(
+                "Training states of a DeepSpeed run need the engine's own checkpoint: use "
+                "pa_mixins.DeepSpeedTrainer (or add DeepSpeedMixin to your trainer)"
+            )
+        if distributed_type in (DistributedType.FSDP, DistributedType.MEGATRON_LM):
             raise NotImplementedError(
                 f"Training states of {distributed_type} runs (sharded model or optimizer) are "
-                "not supported yet"
+                "not supported yet; save_checkpoint exports their full weights"
             )
 
     @override

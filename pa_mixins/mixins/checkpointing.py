@@ -86,6 +86,7 @@ from pa_mixins.checkpoint_format import (
     check_model_fits,
     check_optimizer_fits,
     check_plain,
+    engine_dir_name,
     list_training_states,
     read_manifest,
     read_training_state,
@@ -119,7 +120,7 @@ class CheckpointMixin(BaseTrainer):
     """
 
     train_options: ClassVar[dict[str, Any]] = {"resume_from": None}
-    requires = ("TrainingLoopMixin",)
+    requires: ClassVar[tuple[str, ...]] = ("TrainingLoopMixin",)
     #: on several processes, the processes agree on a stop signal every this many updates
     stop_signal_check_interval: ClassVar[int] = 10
 
@@ -149,11 +150,11 @@ class CheckpointMixin(BaseTrainer):
         """Save the model weights (and optionally the optimizer and scheduler) as one portable
         ``.pt`` file, written atomically. ``checkpoint_kwargs`` entries are added at the top
         level and must be tensors or plain values. Written by the first process of each
-        machine (``save_per_node=True``) or of the whole run; every process must call it."""
-        checkpoint: dict[str, Any] = {
-            "model_state_dict": self.get_model(keep_torch_compile=False).state_dict()
-        }
-        if save_optimizer and self.optimizer is not None:
+        machine (``save_per_node=True``) or of the whole run; every process must call it.
+        The weights are complete (gathered where an engine shards them); under DeepSpeed the
+        optimizer's state, sharded and engine-specific, stays in training states."""
+        checkpoint: dict[str, Any] = {"model_state_dict": self.full_model_state_dict()}
+        if save_optimizer and self.optimizer is not None and not self.engine_saves_weights:
             checkpoint["optimizer_state_dict"] = self.optimizer.state_dict()
         if save_scheduler and self.scheduler is not None:
             try:
@@ -253,6 +254,7 @@ class CheckpointMixin(BaseTrainer):
             state_dir, self.num_processes, self.process_index, strict=False
         )
         self.load_training_state_dict(shared, resume=False)
+        self._load_engine_state(state_dir)
         if process is not None:
             self.load_process_state_dict(process, resume=False)
         saved = shared["checkpoint"]
@@ -281,7 +283,13 @@ class CheckpointMixin(BaseTrainer):
             position=self.run_position,
             value_from_main=self._value_from_main,
             any_process=self.any_process,
+            write_engine_state=self.save_engine_state if self.engine_saves_weights else None,
         )
+
+    def _load_engine_state(self, state_dir: Path) -> None:
+        if self.engine_saves_weights:
+            generation = read_manifest(state_dir)["generation"]
+            self.load_engine_state(state_dir / engine_dir_name(generation))
 
     def _value_from_main(self, value: int) -> int:
         tensor = torch.tensor([value], dtype=torch.int64, device=self.device)
@@ -318,6 +326,7 @@ class CheckpointMixin(BaseTrainer):
             raise failure or CheckpointError("Resuming failed on another process (see its error)")
         assert process is not None
         self.load_training_state_dict(shared, resume=True)
+        self._load_engine_state(state_dir)
         self.load_process_state_dict(process, resume=True)
         self.resumed_from = str(state_dir)
         self.print(
@@ -351,6 +360,8 @@ class CheckpointMixin(BaseTrainer):
         Python checks unless something is pending (on several processes, a tiny collective
         every ``stop_signal_check_interval`` updates and at the epoch's safe points)."""
         super().at_safe_point(point)
+        if point == "micro_batch" and self.engine_saves_weights:
+            return  # an engine's checkpoint cannot hold an open group's gradients: at its end
         stop = self._stop_signals.received is not None
         if self._several_processes:
             due = point != "micro_batch" and (

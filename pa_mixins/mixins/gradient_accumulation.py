@@ -34,10 +34,12 @@ class GradientAccumulationMixin(BaseTrainer):
     """
 
     train_options: ClassVar[dict[str, Any]] = {"gradient_accumulation_steps": 1}
-    requires = ("TrainingLoopMixin",)
+    requires: ClassVar[tuple[str, ...]] = ("TrainingLoopMixin",)
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         self._group_size = 0
+        #: what the current micro-batch's loss is divided by: its group's size when known
+        self._group_divisor = 1
         self._items_in_group: torch.Tensor | None = None
         super().__init__(*args, **kwargs)
 
@@ -49,6 +51,7 @@ class GradientAccumulationMixin(BaseTrainer):
     def reset_run_state(self) -> None:
         super().reset_run_state()
         self._group_size = 0  # a new run starts with no open group
+        self._group_divisor = 1
         self._items_in_group = None
 
     @override
@@ -56,24 +59,33 @@ class GradientAccumulationMixin(BaseTrainer):
         steps = self._accumulation_steps
         if steps == 1:
             return super().is_update_step(step)
-        return (step + 1) % steps == 0 or (step + 1) == self.batches_in_epoch
+        length = self.batches_in_epoch
+        # The size of this micro-batch's group, exact when the epoch's length is known (a last,
+        # shorter group included), so its loss is divided by it before the backward pass.
+        group_start = step - step % steps
+        self._group_divisor = steps if length is None else min(steps, length - group_start)
+        return (step + 1) % steps == 0 or (step + 1) == length
 
     @override
     def loss_for_backward(self, batch_output: BatchOutput) -> torch.Tensor:
         loss = super().loss_for_backward(batch_output)
         num_items = batch_output.get("num_items_in_batch")
         if num_items is not None:
+            if self.engine is not None:
+                raise ValueError(
+                    "num_items_in_batch cannot be used under DeepSpeed, whose engine owns the "
+                    "gradients: return a loss already averaged the way you want instead"
+                )
             num_items = torch.as_tensor(num_items, device=loss.device, dtype=torch.float32)
             self._items_in_group = (
                 num_items if self._items_in_group is None else self._items_in_group + num_items
             )
             self._group_size += 1
             return loss * num_items
-        steps = self._accumulation_steps
-        if steps == 1:
+        if self._accumulation_steps == 1:
             return loss
         self._group_size += 1
-        return loss / steps
+        return loss / self._group_divisor
 
     @override
     def before_optimizer_step(self) -> None:
@@ -82,9 +94,10 @@ class GradientAccumulationMixin(BaseTrainer):
             # (DDP averages over the P processes): make them the mean over all the items.
             total_items = self.reduce_sum(self._items_in_group)
             self._scale_gradients(self.num_processes / total_items.clamp_min(1))
-        elif 0 < self._group_size < self._accumulation_steps:
-            # A last, shorter group: its losses were divided by the full group size.
-            self._scale_gradients(self._accumulation_steps / self._group_size)
+        elif 0 < self._group_size < self._group_divisor:
+            # A last, shorter group of a loader without a length: its losses were divided by
+            # the full group size.
+            self._scale_gradients(self._group_divisor / self._group_size)
         self._group_size = 0
         self._items_in_group = None
         super().before_optimizer_step()

@@ -62,7 +62,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from itertools import islice
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from typing_extensions import override
@@ -110,7 +110,7 @@ class TrainingLoopMixin(BaseTrainer):
     ``EvaluationMixin``.
     """
 
-    requires = ("AccelerateMixin",)
+    requires: ClassVar[tuple[str, ...]] = ("AccelerateMixin",)
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         self._loss_tracker = LossTracker()
@@ -198,6 +198,8 @@ class TrainingLoopMixin(BaseTrainer):
         :param seed: seed every process and the data order (see :mod:`pa_mixins.seeding`).
         :param deterministic: ask torch for deterministic algorithms.
         """
+        arguments = dict(locals())
+        del arguments["self"]
         self._check_train_options(
             {
                 "gradient_accumulation_steps": gradient_accumulation_steps,
@@ -234,6 +236,7 @@ class TrainingLoopMixin(BaseTrainer):
             self.run_history.reset()
 
         self.reset_run_state()
+        self.configure_run(arguments)
         self._user_max_steps = max_num_train_steps
         self._begin_run(train_dataset, eval_dataset, collate_fn)
         self._seed_run(seed, deterministic)

@@ -28,7 +28,7 @@ class SchedulerMixin(BaseTrainer):
     """
 
     train_options: ClassVar[dict[str, Any]] = {"create_scheduler_fn": None}
-    requires = ("TrainingLoopMixin",)
+    requires: ClassVar[tuple[str, ...]] = ("TrainingLoopMixin",)
 
     @override
     def setup_scheduler(self, create_scheduler_fn: Callable[..., Any] | None) -> None:
