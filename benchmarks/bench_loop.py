@@ -9,6 +9,9 @@ Same model, data and optimizer for every variant:
                           included)
 * ``trainer_no_pbar``     ``pa_mixins.Trainer`` with ``get_default_callbacks(progress_bar=False)``
 * ``trainer_no_callbacks`` ``pa_mixins.Trainer`` with ``callbacks=()``
+* ``trainer_csv``         ``trainer_no_pbar`` writing its run to the CSV tracker
+  (``log_with="csv"``, interval metrics every 50 updates; issue 12: within 5% of
+  ``trainer_no_pbar``)
 * ``pa_default``          pytorch-accelerated's ``Trainer`` with its defaults, run by the
                           interpreter given with ``--pa-python`` (skipped when it cannot import
                           ``pytorch_accelerated``)
@@ -47,6 +50,7 @@ import platform
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -62,6 +66,7 @@ VARIANTS = {
     "trainer_default": "pa_mixins.Trainer, default callbacks (tqdm bar)",
     "trainer_no_pbar": "pa_mixins.Trainer, get_default_callbacks(progress_bar=False)",
     "trainer_no_callbacks": "pa_mixins.Trainer, callbacks=()",
+    "trainer_csv": "pa_mixins.Trainer, no bar, log_with='csv' (a temporary project_dir)",
     "pa_default": "pytorch-accelerated 0.1.x Trainer, defaults",
 }
 
@@ -168,7 +173,9 @@ def _timed_subclass(trainer_cls):
     return Timed
 
 
-def _run_pa_mixins(dataset, model, loss_func, optimizer, batch_size, callbacks, stamps):
+def _run_pa_mixins(
+    dataset, model, loss_func, optimizer, batch_size, callbacks, stamps, **trainer_options
+):
     from pa_mixins import Trainer
     from pa_mixins.callbacks import TrainerCallback
 
@@ -176,7 +183,7 @@ def _run_pa_mixins(dataset, model, loss_func, optimizer, batch_size, callbacks, 
 
     Timed = _timed_subclass(Trainer)
     t_total = time.perf_counter()
-    trainer = Timed(model, loss_func, optimizer, callbacks=callbacks)
+    trainer = Timed(model, loss_func, optimizer, callbacks=callbacks, **trainer_options)
     trainer.bench_epoch_times = []
     trainer.bench_epoch_cpu = []
     trainer.train(train_dataset=dataset, num_epochs=1, per_device_batch_size=batch_size)
@@ -231,10 +238,20 @@ def worker(variant: str, num_samples: int, batch_size: int) -> dict:
             "trainer_default": DEFAULT_CALLBACKS,
             "trainer_no_pbar": get_default_callbacks(progress_bar=False),
             "trainer_no_callbacks": (),
+            "trainer_csv": get_default_callbacks(progress_bar=False),
         }[variant]
-        epoch_s, cpu_s, total_s, steps, trained = _run_pa_mixins(
-            dataset, model, loss_func, optimizer, batch_size, callbacks, stamps
-        )
+        with tempfile.TemporaryDirectory() as project_dir:
+            options = {"log_with": "csv", "project_dir": project_dir}
+            epoch_s, cpu_s, total_s, steps, trained = _run_pa_mixins(
+                dataset,
+                model,
+                loss_func,
+                optimizer,
+                batch_size,
+                callbacks,
+                stamps,
+                **(options if variant == "trainer_csv" else {}),
+            )
     elif variant == "pa_default":
         epoch_s, cpu_s, total_s, steps, trained = _run_pytorch_accelerated(
             dataset, model, loss_func, optimizer, batch_size, stamps

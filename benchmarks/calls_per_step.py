@@ -6,6 +6,7 @@ Trains the same tiny MLP (32-16-10, batch 32, SGD) twice, for N and 3N steps, un
 package whose code is called. Compare two checkouts by running it with each on PYTHONPATH::
 
     PYTHONPATH=. python benchmarks/calls_per_step.py [--steps 50] [--callbacks default|none]
+        [--log-every N|none] [--log-with csv]
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import collections
 import contextlib
 import io
 import sys
+import tempfile
 from types import FrameType
 from typing import Any
 
@@ -29,7 +31,9 @@ def _group(filename: str) -> str:
     return "other"
 
 
-def count_calls(num_steps: int, callbacks: str) -> collections.Counter[str]:
+def count_calls(
+    num_steps: int, callbacks: str, log_every: int | None = 50, log_with: str | None = None
+) -> collections.Counter[str]:
     from pa_mixins import Trainer
     from pa_mixins.callbacks import get_default_callbacks
 
@@ -39,7 +43,10 @@ def count_calls(num_steps: int, callbacks: str) -> collections.Counter[str]:
     inputs, targets = torch.randn(num_steps * 32, 32), torch.randint(0, 10, (num_steps * 32,))
     dataset = torch.utils.data.TensorDataset(inputs, targets)
     chosen = get_default_callbacks(progress_bar=False) if callbacks == "default" else ()
-    trainer = Trainer(model, nn.CrossEntropyLoss(), optimizer, callbacks=chosen)
+    options: dict[str, Any] = {"log_every_n_steps": log_every}
+    if log_with is not None:
+        options.update(log_with=log_with, project_dir=tempfile.mkdtemp())
+    trainer = Trainer(model, nn.CrossEntropyLoss(), optimizer, callbacks=chosen, **options)
     counts: collections.Counter[str] = collections.Counter()
 
     def profile(frame: FrameType, event: str, arg: Any) -> None:
@@ -59,10 +66,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=50)
     parser.add_argument("--callbacks", choices=("default", "none"), default="default")
+    parser.add_argument(
+        "--log-every", default="50", help="log_every_n_steps (interval metrics), or 'none'"
+    )
+    parser.add_argument("--log-with", default=None, help="a tracker, e.g. csv (default: none)")
     args = parser.parse_args()
-    count_calls(args.steps, args.callbacks)  # warm-up: first-use imports and caches
-    short = count_calls(args.steps, args.callbacks)
-    long = count_calls(3 * args.steps, args.callbacks)
+    every = None if args.log_every == "none" else int(args.log_every)
+    options = (args.callbacks, every, args.log_with)
+    count_calls(args.steps, *options)  # warm-up: first-use imports and caches
+    short = count_calls(args.steps, *options)
+    long = count_calls(3 * args.steps, *options)
     per_step = {k: (long[k] - short[k]) / (2 * args.steps) for k in set(short) | set(long)}
     for group, value in sorted(per_step.items(), key=lambda item: -item[1]):
         print(f"{group:12s} {value:8.2f} calls/step")
