@@ -285,6 +285,12 @@ def test_fsdp_on_a_machine_without_gpus_is_refused_not_replaced_by_ddp() -> None
     )
     with pytest.raises(RuntimeError, match="FSDP needs GPUs"):
         trainer.train(make_regression_data(8), num_epochs=1)
+    # Accelerate marks the whole process as FSDP when given the plugin: a later trainer in the
+    # same process must not inherit that.
+    assert "ACCELERATE_USE_FSDP" not in os.environ
+    plain = Trainer(model, nn.MSELoss(), torch.optim.SGD(model.parameters(), lr=0.1), callbacks=())
+    plain.train(make_regression_data(8), num_epochs=1)
+    assert plain.num_updates == 1
 
 
 @pytest.mark.multiprocess

@@ -174,9 +174,21 @@ class AccelerateMixin(BaseTrainer):
             )
             if engines or state.get("_mixed_precision", "no") != str(wanted):
                 reset_accelerate_state()
-        accelerator = Accelerator(**kwargs)
+        # Accelerator(fsdp_plugin=...) sets ACCELERATE_USE_FSDP for the whole process, where a
+        # later Accelerator would read it: what the launcher set is put back afterwards.
+        launcher_fsdp = os.environ.get("ACCELERATE_USE_FSDP")
+        try:
+            accelerator = Accelerator(**kwargs)
+        finally:
+            if launcher_fsdp is None:
+                os.environ.pop("ACCELERATE_USE_FSDP", None)
+            else:
+                os.environ["ACCELERATE_USE_FSDP"] = launcher_fsdp
         self._check_launch(accelerator)
-        self._check_engine(accelerator, fsdp_asked=kwargs.get("fsdp_plugin") is not None)
+        fsdp_asked = kwargs.get("fsdp_plugin") is not None or (
+            (launcher_fsdp or "").lower() == "true"
+        )
+        self._check_engine(accelerator, fsdp_asked)
         if accelerator.num_processes > 1:
             register_exit_handler()
         return accelerator
@@ -209,7 +221,6 @@ class AccelerateMixin(BaseTrainer):
 
     @staticmethod
     def _check_engine(accelerator: Accelerator, fsdp_asked: bool) -> None:
-        fsdp_asked = fsdp_asked or os.environ.get("ACCELERATE_USE_FSDP", "").lower() == "true"
         if fsdp_asked and accelerator.distributed_type != DistributedType.FSDP:
             raise RuntimeError(
                 "FSDP was asked for, but Accelerate set this run up as "
