@@ -17,7 +17,7 @@ import pytest
 import torch
 from torch import nn
 
-from pa_mixins import DeepSpeedTrainer
+from pa_mixins import DeepSpeedTrainer, Trainer
 from pa_mixins.engines import (
     EngineSettings,
     prepare_deepspeed_environment,
