@@ -4,10 +4,11 @@ included), recorded in the run history under its documented names and in the tra
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import pathlib
 import subprocess
-import sys
+from types import ModuleType
 
 import pytest
 import torch
@@ -20,8 +21,18 @@ pytest.importorskip("torchmetrics")
 from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score  # after the skip
 
 SCRIPT = pathlib.Path(REPO_ROOT) / "tests" / "scripts" / "dist_metrics_recipe.py"
-sys.path.insert(0, str(SCRIPT.parent))
-import dist_metrics_recipe as script  # noqa: E402
+
+
+def _load_script() -> ModuleType:
+    """The script as a module (its data and sets), without running it."""
+    spec = importlib.util.spec_from_file_location("dist_metrics_recipe", SCRIPT)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+script = _load_script()
 
 
 def _reference(out: pathlib.Path) -> dict[str, float]:
