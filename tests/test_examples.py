@@ -5,6 +5,7 @@ Each test checks what the example claims to show, not only that it exits cleanly
 
 from __future__ import annotations
 
+import csv
 import pathlib
 import re
 import signal
@@ -189,3 +190,21 @@ def test_resume_example_killed_mid_run_ends_like_an_uninterrupted_run(
     assert resumed.keys() == expected.keys()
     for name in expected:
         assert torch.equal(resumed[name], expected[name]), name
+
+
+def test_deepspeed_example_trains_on_zero3_and_exports_full_weights() -> None:
+    out = _run("deepspeed_training.py", "--zero-stage", "3", "--epochs", "2")
+    assert "ZeRO-3: eval loss" in out and "exported weights loaded" in out
+    assert len(_values(out, "eval_loss_epoch")) == 2
+
+
+def test_experiment_tracking_example_writes_a_csv_run(tmp_path: pathlib.Path) -> None:
+    out = _run("experiment_tracking.py", "--epochs", "2", "--project-dir", str(tmp_path / "runs"))
+    (run,) = (tmp_path / "runs").iterdir()
+    assert run.name in out
+    with (run / "metrics.csv").open() as file:
+        rows = list(csv.DictReader(file))
+    assert [row["step"] for row in rows] == ["1", "2"]
+    assert float(rows[-1]["eval_loss_epoch"]) == pytest.approx(
+        _values(out, "eval_loss_epoch")[-1], rel=1e-3
+    )

@@ -436,8 +436,18 @@ class AccelerateMixin(BaseTrainer):
     @override
     def get_model(self, keep_torch_compile: bool = True) -> nn.Module:
         """The model without the distributed and mixed-precision wrappers; with
-        ``keep_torch_compile=False`` also without a ``torch.compile`` wrapper."""
-        return self.accelerator.unwrap_model(self.model, keep_torch_compile=keep_torch_compile)
+        ``keep_torch_compile=False`` also without a ``torch.compile`` wrapper. A model with
+        no wrapper is returned as it is, without asking Accelerate (whose unwrapping imports
+        DeepSpeed, when installed, for every run)."""
+        model = self.model
+        wrapped = (
+            isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel))
+            or (not keep_torch_compile and hasattr(model, "_orig_mod"))
+            or self.accelerator.distributed_type in _ENGINES_OWNING_THE_OPTIMIZER
+        )
+        if not wrapped:
+            return model
+        return self.accelerator.unwrap_model(model, keep_torch_compile=keep_torch_compile)
 
     def autocast(self) -> AbstractContextManager[Any]:
         """A context that runs code in this run's mixed precision (the prepared model's
