@@ -235,6 +235,7 @@ def test_stop_training_error_ends_the_run_and_still_runs_the_end_hooks() -> None
 #: the seams a mixin extends, recorded where the loop calls them
 SEAMS = [
     "reset_run_state",
+    "configure_run",
     "setup_scheduler",
     "resume_run",
     "is_update_step",
@@ -317,6 +318,7 @@ class Golden:
         scheduler = ["create_scheduler"] if self.scheduler else []
         return [
             "reset_run_state",
+            "configure_run",
             "create_train_dataloader",
             "get_default_train_dl_kwargs",
             *["create_eval_dataloader", "get_default_eval_dl_kwargs"] * len(self.eval_batches),
@@ -586,6 +588,7 @@ def test_an_open_group_at_the_end_of_an_epoch_of_unknown_length_is_the_pending_u
     assert calls == [
         "on_init_end",
         "reset_run_state",
+        "configure_run",
         "create_train_dataloader",
         "get_default_train_dl_kwargs",
         "setup_scheduler",
