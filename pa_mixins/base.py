@@ -515,6 +515,11 @@ class BaseTrainer:
         """``tensor`` as the first process has it, on every process."""
         raise self._missing("broadcast_from_main")
 
+    def int_from_main(self, value: int) -> int:
+        """``value`` as the first process has it, on every process (every process must call
+        it)."""
+        raise self._missing("int_from_main")
+
     def any_process(self, flag: bool) -> bool:
         """Whether ``flag`` is true on at least one process (every process must call it)."""
         raise self._missing("any_process")

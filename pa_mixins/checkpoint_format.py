@@ -450,9 +450,10 @@ def write_training_state(
             write_engine_state(output_dir / engine_dir_name(generation))
     except (OSError, TypeError, RuntimeError) as error:
         failure = error
+    engine_dir = output_dir / engine_dir_name(generation)
     if any_process(failure is not None):
         remove_files(written)
-        shutil.rmtree(output_dir / engine_dir_name(generation), ignore_errors=True)
+        shutil.rmtree(engine_dir, ignore_errors=True)
         raise CheckpointError(
             f"Writing the training state to {output_dir} failed"
             + (f": {type(failure).__name__}: {failure}" if failure else " on another process")
@@ -470,7 +471,7 @@ def write_training_state(
     if value_from_main(ok) != 1:
         own_files = [output_dir / name for name in generation_files(output_dir, generation)]
         remove_files(own_files if is_main else written)
-        shutil.rmtree(output_dir / engine_dir_name(generation), ignore_errors=True)
+        shutil.rmtree(engine_dir, ignore_errors=True)
         raise CheckpointError(
             f"Committing the training state in {output_dir} failed"
             + (f": {failure}" if failure else "")

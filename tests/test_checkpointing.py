@@ -11,7 +11,6 @@ import pytest
 import torch
 from torch import nn
 
-import pa_mixins.mixins.checkpointing as checkpointing
 from pa_mixins import Trainer
 from pa_mixins.callbacks import SaveTrainingStateCallback, TrainerCallback
 from pa_mixins.mixins.checkpointing import (
@@ -283,10 +282,10 @@ def test_full_disk_keeps_the_previous_state(
             raise OSError(errno.ENOSPC, "No space left on device")
         real_save(obj, f, *args, **kwargs)
 
-    monkeypatch.setattr(checkpointing.torch, "save", save)
+    monkeypatch.setattr(torch, "save", save)
     with pytest.raises(CheckpointError, match=r"No space left on device.*unchanged"):
         trainer.save_training_state(state)
-    monkeypatch.setattr(checkpointing.torch, "save", real_save)
+    monkeypatch.setattr(torch, "save", real_save)
     assert sorted(p.name for p in state.iterdir()) == before
     make_trainer(seed=1).load_training_state(state)  # still a good state
 
@@ -308,7 +307,7 @@ def test_full_disk_during_periodic_saves_deletes_nothing(
             raise OSError(errno.ENOSPC, "No space left on device")
         real_save(obj, f, *args, **kwargs)
 
-    monkeypatch.setattr(checkpointing.torch, "save", save)
+    monkeypatch.setattr(torch, "save", save)
     with pytest.raises(CheckpointError, match="No space left"):
         train(trainer, epochs=2)
     assert [p.name for p, _ in list_training_states(states)] == ["step_2"]

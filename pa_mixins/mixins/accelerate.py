@@ -409,6 +409,13 @@ class AccelerateMixin(BaseTrainer):
         return broadcast(tensor.to(self.device), from_process=0)
 
     @override
+    def int_from_main(self, value: int) -> int:
+        if self.accelerator.num_processes == 1:
+            return value
+        tensor = torch.tensor([value], dtype=torch.int64, device=self.device)
+        return int(self.broadcast_from_main(tensor).item())
+
+    @override
     def any_process(self, flag: bool) -> bool:
         if self.accelerator.num_processes == 1:
             return flag

@@ -73,7 +73,6 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, ClassVar
 
-import torch
 from typing_extensions import override
 
 from pa_mixins.base import BaseTrainer, SafePoint
@@ -281,7 +280,7 @@ class CheckpointMixin(BaseTrainer):
             rank=self.process_index,
             num_processes=self.num_processes,
             position=self.run_position,
-            value_from_main=self._value_from_main,
+            value_from_main=self.int_from_main,
             any_process=self.any_process,
             write_engine_state=self.save_engine_state if self.engine_saves_weights else None,
         )
@@ -290,10 +289,6 @@ class CheckpointMixin(BaseTrainer):
         if self.engine_saves_weights:
             generation = read_manifest(state_dir)["generation"]
             self.load_engine_state(state_dir / engine_dir_name(generation))
-
-    def _value_from_main(self, value: int) -> int:
-        tensor = torch.tensor([value], dtype=torch.int64, device=self.device)
-        return int(self.broadcast_from_main(tensor).item())
 
     # ==========================================================================================
     # Resume and the run: the seams this mixin extends

@@ -264,8 +264,7 @@ class TrainingLoopMixin(BaseTrainer):
             seed_everything(seed + self.process_index)
             self._shuffle_seed = seed
             return
-        drawn = torch.tensor([draw_seed()], dtype=torch.int64, device=self.device)
-        self._shuffle_seed = int(self.broadcast_from_main(drawn).item())
+        self._shuffle_seed = self.int_from_main(draw_seed())
 
     # -- dataloaders ---------------------------------------------------------------------------
 
