@@ -47,7 +47,6 @@ from pa_mixins.mixins import (
     TimmSchedulerMixin,
     TrainingLoopMixin,
 )
-from pa_mixins.mixins.accelerate import notebook_launcher
 from pa_mixins.mixins.checkpointing import (
     MANIFEST_NAME,
     CheckpointError,
@@ -163,3 +162,13 @@ __all__ = [
     "worker_init_fn",
     "world_process_zero_only",
 ]
+
+
+def __getattr__(name: str) -> object:
+    """``notebook_launcher`` (Accelerate's) is imported on first use, so that
+    ``import pa_mixins`` does not import accelerate."""
+    if name == "notebook_launcher":
+        from pa_mixins.mixins import accelerate
+
+        return accelerate.notebook_launcher
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

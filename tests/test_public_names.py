@@ -163,6 +163,31 @@ def test_importing_the_package_has_no_side_effect() -> None:
     assert "CHANGED []" in done.stdout, done.stdout
 
 
+def test_importing_the_package_does_not_import_accelerate() -> None:
+    # Start-up (issue 11): accelerate costs about a tenth of ``import torch``; it is imported
+    # when the first Accelerator is made. notebook_launcher still resolves to Accelerate's.
+    script = textwrap.dedent(
+        """
+        import sys
+        import pa_mixins, pa_mixins.mixins, pa_mixins.callbacks, pa_mixins.trainer
+        print("LOADED", sorted(m for m in sys.modules if m.split(".")[0] == "accelerate"))
+        import accelerate
+        print("SAME", pa_mixins.notebook_launcher is accelerate.notebook_launcher)
+        """
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=launch_env(use_cpu=False),
+        cwd=REPO_ROOT,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "LOADED []" in done.stdout, done.stdout
+    assert "SAME True" in done.stdout, done.stdout
+
+
 # ----------------------------------------------------------------------------------------------
 # The import graph
 # ----------------------------------------------------------------------------------------------

@@ -25,21 +25,9 @@ import os
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from datetime import timedelta
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
-from accelerate import Accelerator
-from accelerate import notebook_launcher as notebook_launcher
-from accelerate.data_loader import prepare_data_loader
-from accelerate.state import AcceleratorState
-from accelerate.utils import (
-    DeepSpeedPlugin,
-    DistributedType,
-    FullyShardedDataParallelPlugin,
-    InitProcessGroupKwargs,
-    find_batch_size,
-    recursively_apply,
-)
 from torch import nn
 from typing_extensions import override
 
@@ -59,16 +47,26 @@ from pa_mixins.engines import (
 )
 from pa_mixins.utils import remove_padding
 
+if TYPE_CHECKING:
+    from accelerate import Accelerator, notebook_launcher
+
 __all__ = ["AccelerateMixin", "notebook_launcher"]
 
-_ENGINES_OWNING_THE_OPTIMIZER = frozenset(
-    {
-        DistributedType.DEEPSPEED,
-        DistributedType.FSDP,
-        DistributedType.MEGATRON_LM,
-        DistributedType.XLA,
-    }
-)
+
+def __getattr__(name: str) -> Any:
+    """``notebook_launcher`` is Accelerate's, imported on first use."""
+    if name == "notebook_launcher":
+        from accelerate import notebook_launcher
+
+        return notebook_launcher
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+# accelerate is imported when the first Accelerator is made, not with the package (it costs
+# about a tenth of ``import torch``). Accelerate's ``DistributedType`` is a ``str`` enum, so
+# its members compare equal to these names.
+_DEEPSPEED, _FSDP, _NO = "DEEPSPEED", "FSDP", "NO"
+_ENGINES_OWNING_THE_OPTIMIZER = frozenset({_DEEPSPEED, _FSDP, "MEGATRON_LM", "XLA"})
 
 _ENGINE_PLUGINS = ("deepspeed_plugin", "fsdp_plugin")
 
@@ -91,6 +89,8 @@ def _not_an_update(accelerator: Accelerator) -> Iterator[None]:
 def reset_accelerate_state() -> None:
     """Forget Accelerate's process-wide state (mixed precision, plugins), keeping the process
     group. Tests call it between cases."""
+    from accelerate.state import AcceleratorState
+
     AcceleratorState._reset_state(reset_partial_state=False)
 
 
@@ -138,6 +138,8 @@ class AccelerateMixin(BaseTrainer):
     def get_accelerator_kwargs(self) -> dict[str, Any]:
         """The keyword arguments of ``Accelerator(...)``: the other mixins' settings, then
         ``accelerator_kwargs`` (which wins)."""
+        from accelerate.utils import InitProcessGroupKwargs
+
         kwargs = {**super().get_accelerator_kwargs(), **self.accelerator_kwargs}
         handlers = list(kwargs.get("kwargs_handlers") or [])
         if not any(isinstance(handler, InitProcessGroupKwargs) for handler in handlers):
@@ -164,6 +166,9 @@ class AccelerateMixin(BaseTrainer):
         """
         kwargs = self.get_accelerator_kwargs()
         self._engine_plugins(kwargs)
+        from accelerate import Accelerator
+        from accelerate.state import AcceleratorState
+
         state = AcceleratorState._shared_state
         if state:
             wanted = kwargs.get("mixed_precision") or os.environ.get(
@@ -208,6 +213,8 @@ class AccelerateMixin(BaseTrainer):
         """Turn the engine configs that mixins put in the kwargs as plain data
         (``deepspeed_config``, ``fsdp_config``) into Accelerate's plugins, the trainer's
         settings written into the DeepSpeed config first."""
+        from accelerate.utils import DeepSpeedPlugin, FullyShardedDataParallelPlugin
+
         deepspeed_config = kwargs.pop("deepspeed_config", None)
         if deepspeed_config is not None:
             if self._engine_settings is not None:
@@ -221,7 +228,7 @@ class AccelerateMixin(BaseTrainer):
 
     @staticmethod
     def _check_engine(accelerator: Accelerator, fsdp_asked: bool) -> None:
-        if fsdp_asked and accelerator.distributed_type != DistributedType.FSDP:
+        if fsdp_asked and accelerator.distributed_type != _FSDP:
             raise RuntimeError(
                 "FSDP was asked for, but Accelerate set this run up as "
                 f"{accelerator.distributed_type} (on a machine without GPUs it silently falls "
@@ -317,7 +324,7 @@ class AccelerateMixin(BaseTrainer):
         acc = self.accelerator
         if self._reusing_engine:  # evaluation or prediction after a DeepSpeed run
             return self.engine, optimizer, None, self._prepare_eval_dataloader(eval_dataloader)
-        if acc.distributed_type == DistributedType.DEEPSPEED and self._engine_settings is not None:
+        if acc.distributed_type == _DEEPSPEED and self._engine_settings is not None:
             config = acc.state.deepspeed_plugin.deepspeed_config
             reconcile_deepspeed_config(config, self._engine_settings, acc.num_processes)
         if self._engine_owns_optimizer:
@@ -374,7 +381,7 @@ class AccelerateMixin(BaseTrainer):
     @property
     @override
     def is_distributed(self) -> bool:
-        return self.accelerator.distributed_type != DistributedType.NO
+        return self.accelerator.distributed_type != _NO
 
     @property
     @override
@@ -464,7 +471,7 @@ class AccelerateMixin(BaseTrainer):
     @override
     def backward(self, loss: torch.Tensor) -> None:
         acc = self.accelerator
-        if acc.distributed_type == DistributedType.DEEPSPEED:
+        if acc.distributed_type == _DEEPSPEED:
             # DeepSpeed steps inside backward at an accumulation boundary; the loss is already
             # scaled by GradientAccumulationMixin, exactly as without the engine.
             acc.backward(loss, scale_wrt_gas=False)
@@ -476,7 +483,7 @@ class AccelerateMixin(BaseTrainer):
     @override
     def no_gradient_sync(self) -> AbstractContextManager[Any]:
         acc = self.accelerator
-        if acc.distributed_type == DistributedType.DEEPSPEED:
+        if acc.distributed_type == _DEEPSPEED:
             return _not_an_update(acc)
         if acc.num_processes == 1 and not self._engine_owns_optimizer:
             return nullcontext()
@@ -511,12 +518,12 @@ class AccelerateMixin(BaseTrainer):
 
     def _refuse_sharded_engine(self) -> None:
         distributed_type = self.accelerator.distributed_type
-        if distributed_type == DistributedType.DEEPSPEED and not self.engine_saves_weights:
+        if distributed_type == _DEEPSPEED and not self.engine_saves_weights:
             raise NotImplementedError(
                 "Training states of a DeepSpeed run need the engine's own checkpoint: use "
                 "pa_mixins.DeepSpeedTrainer (or add DeepSpeedMixin to your trainer)"
             )
-        if distributed_type in (DistributedType.FSDP, DistributedType.MEGATRON_LM):
+        if distributed_type in (_FSDP, "MEGATRON_LM"):
             raise NotImplementedError(
                 f"Training states of {distributed_type} runs (sharded model or optimizer) are "
                 "not supported yet; save_checkpoint exports their full weights"
@@ -615,6 +622,8 @@ class AccelerateMixin(BaseTrainer):
         acc = self.accelerator
         if acc.device.type == "cpu":
             return dataloader
+        from accelerate.data_loader import prepare_data_loader
+
         return prepare_data_loader(
             dataloader, device=acc.device, num_processes=1, process_index=0, put_on_device=True
         )
@@ -624,6 +633,8 @@ class AccelerateMixin(BaseTrainer):
         acc = self.accelerator
         if acc.num_processes == 1:
             return data
+        from accelerate.utils import find_batch_size, recursively_apply
+
         counts = acc.gather(torch.tensor([num_rows], device=acc.device)).tolist()
         padded = acc.pad_across_processes(data, dim=0)
         gathered = acc.gather(padded)
