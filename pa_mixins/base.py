@@ -544,6 +544,12 @@ class BaseTrainer:
         raise :class:`~pa_mixins.callbacks.StopTrainingError` together. No-op on one process.
         Not meant to be overridden."""
 
+    def start_stop_agreement(self) -> None:
+        """Begin the next :meth:`agree_on_stop` now, without waiting for it: what the
+        processes hold so far is agreed on while the work up to that call runs (the loop calls
+        it before the backward pass of an update, so the agreement overlaps DDP's gradient
+        all-reduce). No-op on one process. Not meant to be overridden."""
+
     # ------------------------------------------------------------------------------------------
     # Hooks of the run (public, overridable). Hooks of the epochs live in the loop mixins.
     # ------------------------------------------------------------------------------------------

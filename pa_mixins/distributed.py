@@ -17,10 +17,12 @@ from pa_mixins.callback_base import StopTrainingError
 
 __all__ = [
     "DEFAULT_PROCESS_GROUP_TIMEOUT_S",
+    "PendingStopAgreement",
     "agreed_stop",
     "as_timedelta",
     "broadcast_buffers_from_main",
     "register_exit_handler",
+    "start_stop_agreement",
 ]
 
 #: default of ``AccelerateMixin(process_group_timeout=...)``, in seconds
@@ -82,24 +84,45 @@ def register_exit_handler() -> None:
         _exit_handler_registered = True
 
 
+class PendingStopAgreement:
+    """A stop agreement whose flag all-reduce is under way (see :func:`start_stop_agreement`);
+    :meth:`result` finishes it."""
+
+    def __init__(self, error: StopTrainingError | None, timeout: timedelta) -> None:
+        self.error = error
+        self._group = _stop_agreement_group(timeout)
+        self._flag = torch.tensor([0 if error is None else 1], dtype=torch.int32)
+        self._work = torch.distributed.all_reduce(self._flag, group=self._group, async_op=True)
+
+    def result(self) -> StopTrainingError | None:
+        """Every process gets the same answer: ``None`` when no process held a stop, else the
+        error of the lowest process that held one (this process's own error if it held one),
+        with ``process_index`` set to that process's."""
+        self._work.wait()
+        if int(self._flag.item()) == 0:
+            return None
+        errors: list[Any] = [None] * torch.distributed.get_world_size()
+        torch.distributed.all_gather_object(errors, _picklable(self.error), group=self._group)
+        if self.error is not None:
+            return self.error
+        rank, first = next((r, e) for r, e in enumerate(errors) if e is not None)
+        first.process_index = rank
+        return first
+
+
+def start_stop_agreement(
+    error: StopTrainingError | None, timeout: timedelta
+) -> PendingStopAgreement:
+    """Every process calls this with the stop it holds (or ``None``) at the same point. One
+    all-reduce of a flag on a gloo group (never waits for a GPU), started without waiting, so
+    work that follows (a backward pass with DDP's gradient all-reduce) overlaps it; the errors
+    travel only when a process holds one."""
+    return PendingStopAgreement(error, timeout)
+
+
 def agreed_stop(error: StopTrainingError | None, timeout: timedelta) -> StopTrainingError | None:
-    """Every process calls this with the stop it holds (or ``None``); all get back the same
-    answer: ``None`` when no process holds one, else the error of the lowest process that does
-    (this process's own error if it holds one), with ``process_index`` set to that process's.
-    One all-reduce of a flag on a gloo group (never waits for a GPU); the errors travel only
-    when there is one."""
-    group = _stop_agreement_group(timeout)
-    flag = torch.tensor([0 if error is None else 1], dtype=torch.int32)
-    torch.distributed.all_reduce(flag, group=group)
-    if int(flag.item()) == 0:
-        return None
-    errors: list[Any] = [None] * torch.distributed.get_world_size()
-    torch.distributed.all_gather_object(errors, _picklable(error), group=group)
-    if error is not None:
-        return error
-    rank, first = next((r, e) for r, e in enumerate(errors) if e is not None)
-    first.process_index = rank
-    return first
+    """:func:`start_stop_agreement`, waited for at once."""
+    return start_stop_agreement(error, timeout).result()
 
 
 def broadcast_buffers_from_main(module: nn.Module) -> None:

@@ -80,6 +80,7 @@ EXPECTED_OWNERS: dict[str, str] = {
     "_engine_owns_optimizer": "AccelerateMixin",
     "_defer_stops": "AccelerateMixin",
     "_deferred_stop": "AccelerateMixin",
+    "_pending_stop_agreement": "AccelerateMixin",
     "process_group_timeout": "AccelerateMixin",
     "_engine_settings": "AccelerateMixin",
     "_run_trains": "AccelerateMixin",

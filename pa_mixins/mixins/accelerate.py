@@ -35,10 +35,12 @@ from pa_mixins.base import BaseTrainer
 from pa_mixins.callback_base import StopTrainingError
 from pa_mixins.distributed import (
     DEFAULT_PROCESS_GROUP_TIMEOUT_S,
+    PendingStopAgreement,
     agreed_stop,
     as_timedelta,
     broadcast_buffers_from_main,
     register_exit_handler,
+    start_stop_agreement,
 )
 from pa_mixins.engines import (
     EngineSettings,
@@ -125,6 +127,7 @@ class AccelerateMixin(BaseTrainer):
         self.process_group_timeout = as_timedelta(process_group_timeout)
         self._defer_stops = False
         self._deferred_stop: StopTrainingError | None = None
+        self._pending_stop_agreement: PendingStopAgreement | None = None
         self._accelerator: Accelerator | None = None
         self._engine_owns_optimizer = False
         self._engine_settings: EngineSettings | None = None
@@ -256,6 +259,7 @@ class AccelerateMixin(BaseTrainer):
         if self._reusing_engine:
             self._defer_stops = self.accelerator.num_processes > 1
             self._deferred_stop = None
+            self._pending_stop_agreement = None
             return
         if engine is not None and engine.zero_optimization_stage() >= 1:
             raise RuntimeError(
@@ -271,6 +275,7 @@ class AccelerateMixin(BaseTrainer):
         self._engine_owns_optimizer = self._uses_accelerate_wrappers(acc)
         self._defer_stops = acc.num_processes > 1
         self._deferred_stop = None
+        self._pending_stop_agreement = None
 
     @staticmethod
     def _uses_accelerate_wrappers(acc: Accelerator) -> bool:
@@ -564,13 +569,29 @@ class AccelerateMixin(BaseTrainer):
             self._deferred_stop = error
 
     @override
+    def start_stop_agreement(self) -> None:
+        if not self._defer_stops or self._pending_stop_agreement is not None:
+            return
+        if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+            return  # agree_on_stop agrees through Accelerate, waiting
+        error, self._deferred_stop = self._deferred_stop, None
+        self._pending_stop_agreement = start_stop_agreement(error, self.process_group_timeout)
+
+    @override
     def agree_on_stop(self) -> None:
         """On several processes: one all-reduce of a flag on a CPU (gloo) group, which never
-        waits for a GPU. If any process holds a stop, every process raises a
-        :class:`StopTrainingError` here: the error (same class, message and attributes) that
-        the lowest such process raised, with ``process_index`` set to that process. Not
-        meant to be overridden."""
+        waits for a GPU (started earlier by :meth:`start_stop_agreement` when the loop could).
+        If any process holds a stop, every process raises a :class:`StopTrainingError` here:
+        the error (same class, message and attributes) that the lowest such process raised,
+        with ``process_index`` set to that process. A stop raised after the agreement started
+        waits for the next one. Not meant to be overridden."""
         if not self._defer_stops:
+            return
+        pending, self._pending_stop_agreement = self._pending_stop_agreement, None
+        if pending is not None:
+            agreed = pending.result()
+            if agreed is not None:
+                raise agreed
             return
         error, self._deferred_stop = self._deferred_stop, None
         if not (torch.distributed.is_available() and torch.distributed.is_initialized()):

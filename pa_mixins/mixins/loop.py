@@ -47,7 +47,8 @@ end-of-run hooks still run.
 
 On several processes, the callback events of the loop go through ``call_loop_event``, which
 holds a ``StopTrainingError`` raised on one process until the next ``agree_on_stop``: before
-each optimizer update (after the backward pass, so the update is not applied), at the end of
+each optimizer update (started by ``start_stop_agreement`` after ``on_train_step_end``, so it
+overlaps the backward pass, and collected after it: the update is not applied), at the end of
 the epoch's batches and after the epoch-level events. There every process raises it, so all
 stop at the same point (see docs/scale_out.md). On one process both are plain calls.
 
@@ -417,7 +418,7 @@ class TrainingLoopMixin(BaseTrainer):
         for step, batch in enumerate(train_dl, start=first_step):
             self.call_loop_event("on_train_step_start")
             if self.is_update_step(step):
-                self._perform_forward_and_backward_passes(batch, step)
+                self._perform_forward_and_backward_passes(batch, step, ends_update=True)
                 position.next_step = step + 1
                 self.agree_on_stop()
                 self._perform_optimizer_update()
@@ -454,11 +455,15 @@ class TrainingLoopMixin(BaseTrainer):
             skip = len(train_dl)
         return resumed_epoch_loader(train_dl, skip, self.num_processes, self._restore_rng)
 
-    def _perform_forward_and_backward_passes(self, batch: Any, step: int) -> BatchOutput:
+    def _perform_forward_and_backward_passes(
+        self, batch: Any, step: int, ends_update: bool = False
+    ) -> BatchOutput:
         batch_output = self.calculate_train_batch_loss(batch)
         check_batch_output(batch_output, "calculate_train_batch_loss")
         self._update_loss_tracker(batch_output["loss"], batch_output["batch_size"])
         self.call_loop_event("on_train_step_end", batch_output=batch_output, batch=batch, step=step)
+        if ends_update:  # the step's events have fired: agree while the gradients flow
+            self.start_stop_agreement()
         self.backward_step(self.loss_for_backward(batch_output))
         return batch_output
 
