@@ -51,7 +51,9 @@ class EpochShuffleSampler(Sampler[int]):
         generator.manual_seed(self.seed + self.epoch)
         order = torch.randperm(len(self.data_source), generator=generator).tolist()
         skip, self._skip_next = self._skip_next, 0
-        yield from order[skip:]
+        # A list iterator, not a generator: the batch sampler takes each batch's indices
+        # without resuming a Python frame per sample.
+        return iter(order[skip:])
 
     def __len__(self) -> int:
         return len(self.data_source)
