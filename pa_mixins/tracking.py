@@ -165,12 +165,15 @@ class LossTracker:
             if loss.numel() != 1:
                 loss = loss.mean()
             self.loss_value = loss
-            if isinstance(self.total_loss, torch.Tensor):
+            total = self.total_loss
+            if isinstance(total, torch.Tensor):
                 # In place, on the device: no new tensor and no synchronisation per step.
+                if loss.dtype != total.dtype:
+                    loss = loss.to(total.dtype)
                 if isinstance(batch_size, torch.Tensor):
-                    self.total_loss.addcmul_(loss.to(self.total_loss.dtype), batch_size)
+                    total.addcmul_(loss, batch_size)
                 else:
-                    self.total_loss.add_(loss.to(self.total_loss.dtype), alpha=batch_size)
+                    total.add_(loss, alpha=batch_size)
             else:
                 self.total_loss = (loss.float() * batch_size) + self.total_loss
         else:
