@@ -6,7 +6,9 @@ Trains the same tiny MLP (32-16-10, batch 32, SGD) twice, for N and 3N steps, un
 package whose code is called. Compare two checkouts by running it with each on PYTHONPATH::
 
     PYTHONPATH=. python benchmarks/calls_per_step.py [--steps 50] [--callbacks default|none]
-        [--log-every N|none] [--log-with csv]
+        [--log-every N|none] [--log-with csv] [--out DIR]
+
+``--out DIR`` also writes the counts to ``DIR/calls_per_step.json``.
 """
 
 from __future__ import annotations
@@ -15,8 +17,10 @@ import argparse
 import collections
 import contextlib
 import io
+import json
 import sys
 import tempfile
+from pathlib import Path
 from types import FrameType
 from typing import Any
 
@@ -62,7 +66,8 @@ def count_calls(
     return counts
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
+    """Count, print, and with ``--out`` write ``calls_per_step.json``."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=50)
     parser.add_argument("--callbacks", choices=("default", "none"), default="default")
@@ -70,7 +75,8 @@ def main() -> None:
         "--log-every", default="50", help="log_every_n_steps (interval metrics), or 'none'"
     )
     parser.add_argument("--log-with", default=None, help="a tracker, e.g. csv (default: none)")
-    args = parser.parse_args()
+    parser.add_argument("--out", default=None, help="also write DIR/calls_per_step.json")
+    args = parser.parse_args(argv)
     every = None if args.log_every == "none" else int(args.log_every)
     options = (args.callbacks, every, args.log_with)
     count_calls(args.steps, *options)  # warm-up: first-use imports and caches
@@ -80,6 +86,19 @@ def main() -> None:
     for group, value in sorted(per_step.items(), key=lambda item: -item[1]):
         print(f"{group:12s} {value:8.2f} calls/step")
     print(f"{'total':12s} {sum(per_step.values()):8.2f} calls/step")
+    if args.out is not None:
+        path = Path(args.out) / "calls_per_step.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        record = {
+            "steps": args.steps,
+            "callbacks": args.callbacks,
+            "log_every_n_steps": every,
+            "log_with": args.log_with,
+            "calls_per_step": dict(sorted(per_step.items(), key=lambda item: -item[1])),
+            "total_calls_per_step": sum(per_step.values()),
+        }
+        path.write_text(json.dumps(record, indent=2) + "\n")
+        print(f"wrote {path}")
 
 
 if __name__ == "__main__":

@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # The GPU checks, as one script for a lent GPU machine (torch and accelerate already there):
 #   bash benchmarks/gpu_checks.sh      -> writes benchmarks/results/gpu_checks.txt (or $OUT/)
+# then the GPU benchmark (gpu_perf.py, under 5 minutes) -> gpu_perf.json / gpu_perf.md in the
+# same folder; GPU_PERF=0 skips it.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out="${OUT:-benchmarks/results}"
@@ -17,3 +19,6 @@ done
   python3 -c "import torch, accelerate; print('torch', torch.__version__, 'accelerate', accelerate.__version__)"
   python3 -m pytest -m gpu -q -p no:cacheprovider tests
 } 2>&1 | tee "$out/gpu_checks.txt"
+if [ "${GPU_PERF:-1}" != 0 ]; then
+  python3 benchmarks/gpu_perf.py --out "$out" 2>&1 | tee "$out/gpu_perf.log"
+fi

@@ -11,12 +11,16 @@ of many small calls; use the ranking and call counts, and ``bench_loop.py`` for 
 Usage::
 
     python benchmarks/profile_trainer.py [--samples 20000] [--callbacks default|no_pbar|none]
+        [--out DIR]
+
+``--out DIR`` also writes the numbers to ``DIR/profile_trainer.json``.
 """
 
 from __future__ import annotations
 
 import argparse
 import cProfile
+import json
 import pstats
 import sys
 import time
@@ -92,13 +96,15 @@ def _short(filename: str) -> str:
     return filename
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
+    """Profile both loops, print, and with ``--out`` write ``profile_trainer.json``."""
     parser = argparse.ArgumentParser()
     parser.add_argument("--samples", type=int, default=20_000)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--callbacks", choices=["default", "no_pbar", "none"], default="default")
     parser.add_argument("--top", type=int, default=40)
-    args = parser.parse_args()
+    parser.add_argument("--out", default=None, help="also write DIR/profile_trainer.json")
+    args = parser.parse_args(argv)
 
     plain_prof, plain_steps, plain_wall = _profile_plain(args.samples, args.batch_size)
     tr_prof, tr_steps, tr_wall = _profile_trainer(args.samples, args.batch_size, args.callbacks)
@@ -123,9 +129,9 @@ def main() -> None:
     for key, (nc, tt, ct) in trainer.items():
         p = plain.get(key, (0.0, 0.0, 0.0))
         diffs.append((tt - p[1], key, nc, tt, p[1], ct))
-    for key, (_nc, _tt, _ct) in plain.items():
+    for key, (_nc, plain_tt, _ct) in plain.items():
         if key not in trainer:
-            diffs.append((-tt, key, 0.0, 0.0, tt, 0.0))
+            diffs.append((-plain_tt, key, 0.0, 0.0, plain_tt, 0.0))
     diffs.sort(key=lambda d: -abs(d[0]))
     for extra, (filename, line, name), nc, tt, ptt, ct in diffs[: args.top]:
         print(
@@ -142,6 +148,42 @@ def main() -> None:
     ours.sort(key=lambda r: -r[0])
     for ct, nc, tt, (filename, line, name) in ours[: args.top]:
         print(f"{nc:10.2f} {tt:8.2f} {ct:8.2f}  {_short(filename)}:{line}({name})")
+
+    if args.out is not None:
+        path = Path(args.out) / "profile_trainer.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        record = {
+            "samples": args.samples,
+            "batch_size": args.batch_size,
+            "callbacks": args.callbacks,
+            "profiled_us_per_step": {
+                "plain": plain_wall / plain_steps * 1e6,
+                "trainer": tr_wall / tr_steps * 1e6,
+            },
+            "tottime_us_per_step": {"plain": tot_plain, "trainer": tot_tr},
+            "extra_self_time": [
+                {
+                    "function": f"{_short(filename)}:{line}({name})",
+                    "calls_per_step": nc,
+                    "self_us": tt,
+                    "plain_us": ptt,
+                    "extra_us": extra,
+                    "cum_us": ct,
+                }
+                for extra, (filename, line, name), nc, tt, ptt, ct in diffs[: args.top]
+            ],
+            "ours_by_cumulative": [
+                {
+                    "function": f"{_short(filename)}:{line}({name})",
+                    "calls_per_step": nc,
+                    "self_us": tt,
+                    "cum_us": ct,
+                }
+                for ct, nc, tt, (filename, line, name) in ours[: args.top]
+            ],
+        }
+        path.write_text(json.dumps(record, indent=2) + "\n")
+        print(f"wrote {path}")
 
 
 if __name__ == "__main__":

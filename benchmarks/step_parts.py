@@ -7,11 +7,16 @@ without a profiler's per-call tax. Each number is the best of several ``timeit``
 
 Usage::
 
-    python benchmarks/step_parts.py
+    python benchmarks/step_parts.py [--quick] [--out DIR]
+
+``--quick`` runs each timing 20x fewer times, 3 repeats (CI: the script works; numbers rough);
+``--out DIR`` also writes them to ``DIR/step_parts.json``.
 """
 
 from __future__ import annotations
 
+import argparse
+import json
 import sys
 import timeit
 from contextlib import nullcontext
@@ -21,12 +26,25 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_loop import _make_workload
 
+#: (divisor of ``number``, repeats) of every timing; ``--quick`` makes them (20, 3)
+_RUNS = {"divisor": 1, "repeat": 7}
+
 
 def best_us(stmt, number: int = 20_000, repeat: int = 7) -> float:
+    number = max(number // _RUNS["divisor"], 1)
+    repeat = min(repeat, _RUNS["repeat"])
     return min(timeit.repeat(stmt, number=number, repeat=repeat)) / number * 1e6
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
+    """Time each piece, print, and with ``--out`` write ``step_parts.json``."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="20x fewer runs, 3 repeats (CI)")
+    parser.add_argument("--out", default=None, help="also write DIR/step_parts.json")
+    args = parser.parse_args(argv)
+    if args.quick:
+        _RUNS.update(divisor=20, repeat=3)
+
     import torch
 
     from pa_mixins import Trainer
@@ -123,18 +141,24 @@ def main() -> None:
             pass
 
     add("with nullcontext(): (per step in _run_train_epoch)", with_nullcontext)
-    add("_is_update_step(step)", lambda: trainer._is_update_step(3))
-    add("_loss_for_backward(batch_output)", lambda: trainer._loss_for_backward(batch_output))
+    add("is_update_step(step)", lambda: trainer.is_update_step(3))
+    add("loss_for_backward(batch_output)", lambda: trainer.loss_for_backward(batch_output))
     add("check_batch_output(batch_output)", lambda: check_batch_output(batch_output, "x"))
     trainer.run_config = trainer.run_config  # kept from the run
     add("_clip_gradients() (no clipping configured)", lambda: trainer._clip_gradients())
-    add("_after_optimizer_step() (no scheduler)", lambda: trainer._after_optimizer_step())
+    add("after_optimizer_step() (no scheduler)", lambda: trainer.after_optimizer_step())
     add("optimizer.zero_grad() (torch)", lambda: optimizer.zero_grad(), number=5000)
 
     width = max(len(name) for name, _ in rows)
     print(f"{'piece':<{width}}  us/call")
     for name, us in rows:
         print(f"{name:<{width}}  {us:7.2f}")
+    if args.out is not None:
+        path = Path(args.out) / "step_parts.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        record = {"quick": args.quick, "us_per_call": dict(rows)}
+        path.write_text(json.dumps(record, indent=2) + "\n")
+        print(f"wrote {path}")
 
 
 if __name__ == "__main__":
