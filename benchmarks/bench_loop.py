@@ -15,6 +15,9 @@ Same model, data and optimizer for every variant:
 * ``pa_default``          pytorch-accelerated's ``Trainer`` with its defaults, run by the
                           interpreter given with ``--pa-python`` (skipped when it cannot import
                           ``pytorch_accelerated``)
+* ``plain_compile``       ``plain`` on ``torch.compile(model)`` (opt-in: ``--variants``)
+* ``trainer_compile``     ``trainer_no_pbar`` with ``compile=True`` (opt-in: ``--variants``);
+                          both compile variants compile (inductor) inside the timed epoch
 
 Workload: MLP 784-128-64-10 (ReLU), ``CrossEntropyLoss``, ``SGD(lr=0.01)``, batch 32, 50,000
 synthetic samples (``torch.randn`` with a fixed seed, random int labels), one torch thread,
@@ -68,7 +71,11 @@ VARIANTS = {
     "trainer_no_callbacks": "pa_mixins.Trainer, callbacks=()",
     "trainer_csv": "pa_mixins.Trainer, no bar, log_with='csv' (a temporary project_dir)",
     "pa_default": "pytorch-accelerated 0.1.x Trainer, defaults",
+    "plain_compile": "hand-written PyTorch loop on torch.compile(model) (compiles in the epoch)",
+    "trainer_compile": "pa_mixins.Trainer, no bar, compile=True (compiles in the epoch)",
 }
+#: run only when named in --variants (the first step compiles with inductor: seconds)
+OPT_IN_VARIANTS = ("plain_compile", "trainer_compile")
 
 
 # ------------------------------------------------------------------------------------------
@@ -231,6 +238,13 @@ def worker(variant: str, num_samples: int, batch_size: int) -> dict:
         epoch_s, cpu_s, total_s, steps, trained = _run_accelerate(
             dataset, model, loss_func, optimizer, batch_size, stamps
         )
+    elif variant == "plain_compile":
+        import torch
+
+        epoch_s, cpu_s, total_s, steps, _ = _run_plain(
+            dataset, torch.compile(model), loss_func, optimizer, batch_size, stamps
+        )
+        trained = model
     elif variant.startswith("trainer_"):
         from pa_mixins.callbacks import DEFAULT_CALLBACKS, get_default_callbacks
 
@@ -239,9 +253,13 @@ def worker(variant: str, num_samples: int, batch_size: int) -> dict:
             "trainer_no_pbar": get_default_callbacks(progress_bar=False),
             "trainer_no_callbacks": (),
             "trainer_csv": get_default_callbacks(progress_bar=False),
+            "trainer_compile": get_default_callbacks(progress_bar=False),
         }[variant]
         with tempfile.TemporaryDirectory() as project_dir:
-            options = {"log_with": "csv", "project_dir": project_dir}
+            options = {
+                "trainer_csv": {"log_with": "csv", "project_dir": project_dir},
+                "trainer_compile": {"compile": True},
+            }.get(variant, {})
             epoch_s, cpu_s, total_s, steps, trained = _run_pa_mixins(
                 dataset,
                 model,
@@ -250,7 +268,7 @@ def worker(variant: str, num_samples: int, batch_size: int) -> dict:
                 batch_size,
                 callbacks,
                 stamps,
-                **(options if variant == "trainer_csv" else {}),
+                **options,
             )
     elif variant == "pa_default":
         epoch_s, cpu_s, total_s, steps, trained = _run_pytorch_accelerated(
@@ -477,7 +495,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--samples", type=int, default=50_000)
     parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated subset")
+    parser.add_argument(
+        "--variants",
+        default=",".join(v for v in VARIANTS if v not in OPT_IN_VARIANTS),
+        help=f"comma-separated subset (default: all but {', '.join(OPT_IN_VARIANTS)})",
+    )
     parser.add_argument(
         "--pa-python",
         default=DEFAULT_PA_PYTHON,

@@ -37,6 +37,7 @@ from pa_mixins.finetuning import BN_MODULES, Layer, LayerGroup, ModelFreezer
 from pa_mixins.mixins import (
     AccelerateMixin,
     CheckpointMixin,
+    CompileMixin,
     DeepSpeedMixin,
     EvaluationMixin,
     ExperimentTrackingMixin,
@@ -100,6 +101,7 @@ __all__ = [
     "CallbackMethodNotImplementedError",
     "CheckpointError",
     "CheckpointMixin",
+    "CompileMixin",
     "ConvertSyncBatchNormCallback",
     "CosineLrScheduler",
     "DataLoaderSlice",

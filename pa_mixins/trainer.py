@@ -10,6 +10,7 @@ from pa_mixins.callbacks import DEFAULT_CALLBACKS
 from pa_mixins.mixins import (
     AccelerateMixin,
     CheckpointMixin,
+    CompileMixin,
     DeepSpeedMixin,
     EvaluationMixin,
     ExperimentTrackingMixin,
@@ -40,6 +41,7 @@ class Trainer(
     CheckpointMixin,
     SchedulerMixin,
     MixedPrecisionMixin,
+    CompileMixin,
     GradientAccumulationMixin,
     EvaluationMixin,
     TrainingLoopMixin,
@@ -48,11 +50,11 @@ class Trainer(
 ):
     """The everyday trainer: training loop and evaluation with schedulers, mixed precision,
     gradient accumulation, checkpoints and exact resume, on any hardware Accelerate supports;
-    metrics every N updates and, if asked, experiment trackers.
+    metrics every N updates and, if asked, experiment trackers and torch.compile.
 
     ``Trainer(model, loss_func, optimizer, callbacks=DEFAULT_CALLBACKS, run_history=None,
-    *, mixed_precision=None, accelerator_kwargs=None, process_group_timeout=1800,
-    log_with=None, project_dir=None, log_every_n_steps=50)``
+    *, mixed_precision=None, compile=None, accelerator_kwargs=None,
+    process_group_timeout=1800, log_with=None, project_dir=None, log_every_n_steps=50)``
     """
 
     default_callbacks = DEFAULT_CALLBACKS

@@ -168,7 +168,7 @@ def test_default_callbacks_match_pytorch_accelerated() -> None:
 
 
 def test_ready_made_trainers_have_the_documented_mro() -> None:
-    from pa_mixins.mixins import CheckpointMixin, ExperimentTrackingMixin
+    from pa_mixins.mixins import CheckpointMixin, CompileMixin, ExperimentTrackingMixin
 
     assert Trainer.__mro__ == (
         Trainer,
@@ -176,6 +176,7 @@ def test_ready_made_trainers_have_the_documented_mro() -> None:
         CheckpointMixin,
         SchedulerMixin,
         MixedPrecisionMixin,
+        CompileMixin,
         GradientAccumulationMixin,
         EvaluationMixin,
         TrainingLoopMixin,

@@ -63,6 +63,8 @@ EXPECTED_OWNERS: dict[str, str] = {
     # DeepSpeedMixin, FSDPMixin: the engine's config as given
     "deepspeed_config": "DeepSpeedMixin",
     "fsdp_config": "FSDPMixin",
+    # CompileMixin: the torch.compile keyword arguments as given (the adapter applies them)
+    "compile_options": "CompileMixin",
     # CheckpointMixin: saves waiting for a safe point and the stop on signals
     "_pending_saves": "CheckpointMixin",
     "_in_run": "CheckpointMixin",
@@ -85,6 +87,7 @@ EXPECTED_OWNERS: dict[str, str] = {
     "_engine_settings": "AccelerateMixin",
     "_run_trains": "AccelerateMixin",
     "_reusing_engine": "AccelerateMixin",
+    "_compile_kwargs": "AccelerateMixin",  # the run's torch.compile options, from CompileMixin
 }
 
 PROCESS_PROPERTIES = (

@@ -3,6 +3,7 @@
 
 from pa_mixins.mixins.accelerate import AccelerateMixin
 from pa_mixins.mixins.checkpointing import CheckpointMixin
+from pa_mixins.mixins.compile import CompileMixin
 from pa_mixins.mixins.deepspeed import DeepSpeedMixin
 from pa_mixins.mixins.evaluation import EvaluationMixin
 from pa_mixins.mixins.fsdp import FSDPMixin
@@ -16,6 +17,7 @@ from pa_mixins.mixins.tracking import ExperimentTrackingMixin
 __all__ = [
     "AccelerateMixin",
     "CheckpointMixin",
+    "CompileMixin",
     "DeepSpeedMixin",
     "EvaluationMixin",
     "ExperimentTrackingMixin",

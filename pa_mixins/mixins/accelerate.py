@@ -133,6 +133,8 @@ class AccelerateMixin(BaseTrainer):
         self._engine_settings: EngineSettings | None = None
         self._run_trains = False  # set by train() for the hardware run it starts
         self._reusing_engine = False
+        #: the run's ``torch.compile`` keyword arguments (``CompileMixin``), else ``None``
+        self._compile_kwargs: dict[str, Any] | None = None
         super().__init__(*args, **kwargs)
 
     # -- the accelerator --------------------------------------------------------------------
@@ -168,6 +170,9 @@ class AccelerateMixin(BaseTrainer):
         settings can be used one after the other.
         """
         kwargs = self.get_accelerator_kwargs()
+        # plain data from CompileMixin: applied by prepare_for_hardware, not by Accelerate
+        self._compile_kwargs = kwargs.pop("torch_compile", None)
+        self._check_compile(kwargs)
         self._engine_plugins(kwargs)
         from accelerate import Accelerator
         from accelerate.state import AcceleratorState
@@ -197,6 +202,7 @@ class AccelerateMixin(BaseTrainer):
             (launcher_fsdp or "").lower() == "true"
         )
         self._check_engine(accelerator, fsdp_asked)
+        self._check_compile(kwargs, accelerator)
         if accelerator.num_processes > 1:
             register_exit_handler()
         return accelerator
@@ -283,6 +289,43 @@ class AccelerateMixin(BaseTrainer):
         with a gradient scaler (fp16) or an engine that owns the optimizer."""
         return acc.distributed_type in _ENGINES_OWNING_THE_OPTIMIZER or acc.scaler is not None
 
+    def _check_compile(
+        self, kwargs: Mapping[str, Any], accelerator: Accelerator | None = None
+    ) -> None:
+        """Refuse the compile option on a run that an engine owns: before the Accelerator
+        exists, from the engine configs among its ``kwargs`` (so nothing of the engine is set
+        up), and once it exists, for an engine that the launch chose."""
+        if self._compile_kwargs is None:
+            return
+        engine_keys = {"deepspeed_config": "DEEPSPEED", "deepspeed_plugin": "DEEPSPEED"}
+        engine_keys.update(fsdp_config="FSDP", fsdp_plugin="FSDP")
+        named = [name for key, name in engine_keys.items() if kwargs.get(key) is not None]
+        engine = named[0] if named else None
+        if accelerator is not None:
+            distributed_type = accelerator.distributed_type
+            if distributed_type in _ENGINES_OWNING_THE_OPTIMIZER:
+                engine = str(getattr(distributed_type, "value", distributed_type))
+        if engine is not None:
+            raise ValueError(
+                f"compile= cannot be used on a {engine} run: the trainer compiles the models it "
+                "prepares itself (one process or DDP), not one that an engine owns. Leave "
+                "compile off with this engine."
+            )
+
+    @staticmethod
+    def _compiled(model: nn.Module, options: dict[str, Any]) -> nn.Module:
+        """``model`` (prepared: in its DDP wrapper, with mixed precision) through
+        ``torch.compile``, last, as PyTorch recommends for DDP."""
+        if hasattr(model, "_orig_mod"):
+            raise ValueError(
+                "compile= was given, but Accelerate compiled the model already (a launch with "
+                "--dynamo_backend / ACCELERATE_DYNAMO_BACKEND, or dynamo_backend / dynamo_plugin "
+                "in accelerator_kwargs): compile once, with one of them"
+            )
+        compiled = torch.compile(model, **options)
+        assert isinstance(compiled, nn.Module)
+        return compiled
+
     # -- preparation ------------------------------------------------------------------------
 
     @staticmethod
@@ -342,6 +385,8 @@ class AccelerateMixin(BaseTrainer):
             self._set_even_batches(objects[3], False)
             return objects[0], objects[1], objects[2], objects[3]
         model = acc.prepare_model(model)
+        if self._compile_kwargs is not None:
+            model = self._compiled(model, self._compile_kwargs)
         if optimizer is not None and optimizer.state and acc.device.type != "cpu":
             # Move existing optimizer state (e.g. loaded from a checkpoint) next to the params.
             optimizer.load_state_dict(optimizer.state_dict())
@@ -449,19 +494,30 @@ class AccelerateMixin(BaseTrainer):
         """Through ``Accelerator.get_state_dict``: gathers ZeRO-3 and FSDP shards (from the
         engine, which still holds them after ``train()``)."""
         model = self.engine if self.engine is not None else self.model
+        compiled = getattr(model, "_orig_mod", None) if self.engine is None else None
+        if isinstance(compiled, nn.Module):
+            # Accelerate's unwrapping, keeping a compile wrapper, would point a compiled DDP
+            # wrapper at the module inside (out of DDP): the wrapper is left out here.
+            model = compiled
         state: dict[str, Any] = self.accelerator.get_state_dict(model)
         return {key.removeprefix("_orig_mod."): value for key, value in state.items()}
 
     @override
     def get_model(self, keep_torch_compile: bool = True) -> nn.Module:
         """The model without the distributed and mixed-precision wrappers; with
-        ``keep_torch_compile=False`` also without a ``torch.compile`` wrapper. A model with
+        ``keep_torch_compile=False`` also without a ``torch.compile`` wrapper. The wrapper of
+        the ``compile`` option (``CompileMixin``) belongs to the run and is always left out,
+        so your module comes back (and ``self.model`` is it again after the run). A model with
         no wrapper is returned as it is, without asking Accelerate (whose unwrapping imports
         DeepSpeed, when installed, for every run)."""
         model = self.model
+        compiled = getattr(model, "_orig_mod", None)
+        if isinstance(compiled, nn.Module) and (
+            not keep_torch_compile or self._compile_kwargs is not None
+        ):
+            model = compiled
         wrapped = (
             isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel))
-            or (not keep_torch_compile and hasattr(model, "_orig_mod"))
             or self.accelerator.distributed_type in _ENGINES_OWNING_THE_OPTIMIZER
         )
         if not wrapped:
@@ -617,13 +673,19 @@ class AccelerateMixin(BaseTrainer):
         """The module inside a DDP wrapper (its forward pass runs no collective, so processes
         with different numbers of evaluation batches, or none, cannot hang), after its
         buffers (e.g. BatchNorm running statistics) are made equal to the first process's,
-        as DDP's next forward pass would. Other models are returned as they are."""
+        as DDP's next forward pass would. Other models are returned as they are. A compiled
+        DDP wrapper (the ``compile`` option) gives the module inside, compiled with the same
+        options (its compiled code is reused from one evaluation to the next)."""
         model = self.model
-        if not isinstance(model, torch.nn.parallel.DistributedDataParallel):
+        compiled = getattr(model, "_orig_mod", None)
+        ddp = compiled if isinstance(compiled, nn.Module) else model
+        if not isinstance(ddp, torch.nn.parallel.DistributedDataParallel):
             return model
-        module: nn.Module = model.module
+        module: nn.Module = ddp.module
         if self._buffers_follow_main():
             broadcast_buffers_from_main(module)
+        if compiled is not None and self._compile_kwargs is not None:
+            return self._compiled(module, self._compile_kwargs)
         return module
 
     @override
