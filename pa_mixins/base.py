@@ -734,8 +734,8 @@ class BaseTrainer:
             saved_by = "an engine" if state["model"] is None else "the trainer"
             raise CheckpointError(
                 f"The training state's weights were saved by {saved_by}; this trainer "
-                f"{'uses' if self.engine_saves_weights else 'does not use'} DeepSpeed: resume "
-                "with the same kind of trainer"
+                f"{'uses' if self.engine_saves_weights else 'does not use'} an engine's "
+                "checkpoint (DeepSpeed, FSDP): resume with the same kind of trainer"
             )
         if state["model"] is not None:
             model = self.get_model(keep_torch_compile=False)

@@ -584,7 +584,12 @@ class AccelerateMixin(BaseTrainer):
                 "Training states of a DeepSpeed run need the engine's own checkpoint: use "
                 "pa_mixins.DeepSpeedTrainer (or add DeepSpeedMixin to your trainer)"
             )
-        if distributed_type in (_FSDP, "MEGATRON_LM"):
+        if distributed_type == _FSDP and not self.engine_saves_weights:
+            raise NotImplementedError(
+                "Training states of an FSDP run need its sharded checkpoint: use "
+                "pa_mixins.FSDPTrainer (or add FSDPMixin to your trainer)"
+            )
+        if distributed_type == "MEGATRON_LM":
             raise NotImplementedError(
                 f"Training states of {distributed_type} runs (sharded model or optimizer) are "
                 "not supported yet; save_checkpoint exports their full weights"
