@@ -8,6 +8,9 @@ Variants (every one trains the same model on the same data, batch 32 per process
 * ``ddp``         hand-written loop: ``DistributedDataParallel(model)``, a ``DataLoader`` with a
                   ``DistributedSampler`` (shuffled, ``set_epoch``), ``loss.backward()``,
                   ``optimizer.step()`` (the baseline)
+* ``ddp_agree``   ``ddp`` plus what the Trainer's stop agreement costs: a one-integer
+                  all-reduce per update, started (``async_op=True``) before the backward pass
+                  and waited for before the optimizer step
 * ``accelerate``  hand-written Accelerate loop: ``Accelerator()``, ``prepare(model, optimizer,
                   dataloader)``, ``accelerator.backward``
 * ``trainer``     ``pa_mixins.Trainer`` with its default callbacks (the progress bar on the
@@ -53,6 +56,7 @@ TARGET_RATIO = 1.05
 
 VARIANTS = {
     "ddp": "hand-written DDP loop, DistributedSampler",
+    "ddp_agree": "ddp + a 1-int flag all-reduce per update, started before backward",
     "accelerate": "hand-written Accelerate loop",
     "trainer": "pa_mixins.Trainer, default callbacks",
     "trainer_no_pbar": "pa_mixins.Trainer, get_default_callbacks(progress_bar=False)",
@@ -84,7 +88,7 @@ def _workload(name: str, num_samples: int):
     return dataset, model, nn.CrossEntropyLoss(), optimizer
 
 
-def _run_ddp(dataset, model, loss_func, optimizer, batch_size):
+def _run_ddp(dataset, model, loss_func, optimizer, batch_size, agree: bool = False):
     import torch
     from torch.nn.parallel import DistributedDataParallel
     from torch.utils.data import DataLoader, DistributedSampler
@@ -100,7 +104,14 @@ def _run_ddp(dataset, model, loss_func, optimizer, batch_size):
     for xb, yb in dl:
         optimizer.zero_grad()
         loss = loss_func(model(xb), yb)
+        if agree:
+            flag = torch.zeros(1, dtype=torch.int32)
+            work = torch.distributed.all_reduce(flag, async_op=True)
         loss.backward()
+        if agree:
+            work.wait()
+            if int(flag.item()):
+                break
         optimizer.step()
         steps += 1
     return time.perf_counter() - start, steps
@@ -153,8 +164,10 @@ def worker(variant: str, workload: str, num_samples: int, batch_size: int) -> No
     import torch
 
     dataset, model, loss_func, optimizer = _workload(workload, num_samples)
-    if variant == "ddp":
-        epoch_s, steps = _run_ddp(dataset, model, loss_func, optimizer, batch_size)
+    if variant in ("ddp", "ddp_agree"):
+        epoch_s, steps = _run_ddp(
+            dataset, model, loss_func, optimizer, batch_size, variant == "ddp_agree"
+        )
     elif variant == "accelerate":
         epoch_s, steps = _run_accelerate(dataset, model, loss_func, optimizer, batch_size)
     elif variant in ("trainer", "trainer_no_pbar"):

@@ -70,6 +70,8 @@ def __getattr__(name: str) -> Any:
 _DEEPSPEED, _FSDP, _NO = "DEEPSPEED", "FSDP", "NO"
 _ENGINES_OWNING_THE_OPTIMIZER = frozenset({_DEEPSPEED, _FSDP, "MEGATRON_LM", "XLA"})
 
+_DATA_PARALLEL = (nn.parallel.DistributedDataParallel, nn.DataParallel)
+
 _ENGINE_PLUGINS = ("deepspeed_plugin", "fsdp_plugin")
 
 WORKING_CPU_LAUNCHES = (
@@ -143,9 +145,12 @@ class AccelerateMixin(BaseTrainer):
     def get_accelerator_kwargs(self) -> dict[str, Any]:
         """The keyword arguments of ``Accelerator(...)``: the other mixins' settings, then
         ``accelerator_kwargs`` (which wins)."""
-        from accelerate.utils import InitProcessGroupKwargs
+        from accelerate.utils import DataLoaderConfiguration, InitProcessGroupKwargs
 
-        kwargs = {**super().get_accelerator_kwargs(), **self.accelerator_kwargs}
+        # Batches go to a GPU without blocking (from the pinned memory of the default loaders),
+        # so the copy is no per-step host synchronisation.
+        defaults = {"dataloader_config": DataLoaderConfiguration(non_blocking=True)}
+        kwargs = {**defaults, **super().get_accelerator_kwargs(), **self.accelerator_kwargs}
         handlers = list(kwargs.get("kwargs_handlers") or [])
         if not any(isinstance(handler, InitProcessGroupKwargs) for handler in handlers):
             kwargs["kwargs_handlers"] = [
@@ -516,13 +521,18 @@ class AccelerateMixin(BaseTrainer):
             not keep_torch_compile or self._compile_kwargs is not None
         ):
             model = compiled
-        wrapped = (
-            isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel))
-            or self.accelerator.distributed_type in _ENGINES_OWNING_THE_OPTIMIZER
-        )
-        if not wrapped:
+        if self.accelerator.distributed_type in _ENGINES_OWNING_THE_OPTIMIZER:
+            return self.accelerator.unwrap_model(model, keep_torch_compile=keep_torch_compile)
+        if not isinstance(model, _DATA_PARALLEL):
             return model
-        return self.accelerator.unwrap_model(model, keep_torch_compile=keep_torch_compile)
+        # A DDP (or DataParallel) wrapper is taken off here: Accelerate's unwrapping would
+        # import DeepSpeed, when installed, at the end of every multi-process run (seconds).
+        while isinstance(model, _DATA_PARALLEL):
+            model = model.module
+        inner = getattr(model, "_orig_mod", None)
+        if not keep_torch_compile and isinstance(inner, nn.Module):
+            model = inner
+        return model
 
     def autocast(self) -> AbstractContextManager[Any]:
         """A context that runs code in this run's mixed precision (the prepared model's
@@ -713,7 +723,12 @@ class AccelerateMixin(BaseTrainer):
         from accelerate.data_loader import prepare_data_loader
 
         return prepare_data_loader(
-            dataloader, device=acc.device, num_processes=1, process_index=0, put_on_device=True
+            dataloader,
+            device=acc.device,
+            num_processes=1,
+            process_index=0,
+            put_on_device=True,
+            non_blocking=acc.non_blocking,
         )
 
     @override
