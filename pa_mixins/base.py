@@ -483,6 +483,13 @@ class BaseTrainer:
         them), without any wrapper prefix: what portable checkpoints hold."""
         raise self._missing("full_model_state_dict")
 
+    def load_full_model_state_dict(self, weights: dict[str, Any]) -> None:
+        """Load complete weights (what :meth:`full_model_state_dict` gives, e.g. from a
+        portable checkpoint) into the model. Default: ``load_state_dict`` on the unwrapped
+        model. An engine that shards the model (``FSDPMixin``) overrides it for its sharded
+        model and calls ``super()`` otherwise. Every process must call it."""
+        self.get_model(keep_torch_compile=False).load_state_dict(weights)
+
     def get_model(self, keep_torch_compile: bool = True) -> nn.Module:
         """The model without distributed / mixed-precision wrappers."""
         raise self._missing("get_model")

@@ -35,6 +35,7 @@ __all__ = [
     "INDEX_NAME",
     "full_model_state_dict",
     "is_sharded",
+    "load_full_weights",
     "load_sharded_state",
     "save_sharded_state",
     "torch_optimizer",
@@ -205,3 +206,12 @@ def full_model_state_dict(model: nn.Module, keep: bool = True) -> dict[str, Any]
             value = value.detach().to("cpu", copy=True)
         full[name] = value
     return full
+
+
+def load_full_weights(model: nn.Module, weights: dict[str, Any]) -> None:
+    """Load complete (unsharded) weights, under the parameters' names, into a sharded
+    ``model``: each process keeps its shard of every tensor. Every process must call it with
+    the same weights; strict (missing or unexpected names raise)."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+
+    set_model_state_dict(model, weights, options=StateDictOptions(full_state_dict=True))

@@ -84,6 +84,7 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
         "first",
         "--plain-first",
         *("--save-at-update", "5", "--state-dir", states, "--export", export),
+        *("--reload-check", str(out / "other.pt")),
         *("--raw-train", str(raw)),
     )
     resumed = _trainer_run(out, "resumed", "--resume-from", states, "--raw-resume", str(raw))
@@ -174,6 +175,18 @@ def test_fsdp_trainer_export_loads_into_a_plain_model(runs: dict[str, Any]) -> N
     model.load_state_dict(checkpoint["model_state_dict"])  # strict: full-size weights
     for name, weight in model.state_dict().items():
         torch.testing.assert_close(weight, torch.tensor(runs["first"]["weights"][name]))
+
+
+def test_fsdp_trainer_loads_a_portable_checkpoint_into_its_shards(runs: dict[str, Any]) -> None:
+    # load_checkpoint (e.g. SaveBestModelCallback's reload at the end of a run) after an FSDP
+    # run: complete weights go into the sharded model.
+    torch.manual_seed(123)
+    other = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Dropout(0.1), nn.Linear(16, 1))
+    reloaded = runs["first"]["reloaded"]
+    assert set(reloaded) == set(other.state_dict())
+    for name, weight in other.state_dict().items():
+        torch.testing.assert_close(torch.tensor(reloaded[name]), weight)
+        assert not torch.allclose(torch.tensor(runs["first"]["weights"][name]), weight)
 
 
 # -- raw FSDP2 -----------------------------------------------------------------------------

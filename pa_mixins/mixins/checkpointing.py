@@ -209,7 +209,7 @@ class CheckpointMixin(BaseTrainer):
                 "The checkpoint holds a scheduler state but the trainer has no scheduler: "
                 "pass load_scheduler=False, or load it during train()"
             )
-        model.load_state_dict(weights)
+        self.load_full_model_state_dict(weights)
         if load_optimizer and "optimizer_state_dict" in checkpoint:
             assert self.optimizer is not None
             self.optimizer.load_state_dict(checkpoint["optimizer_state_dict"])

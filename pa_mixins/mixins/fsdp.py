@@ -32,6 +32,7 @@ from pa_mixins.checkpoint_format import CheckpointError
 from pa_mixins.sharded_state import (
     full_model_state_dict,
     is_sharded,
+    load_full_weights,
     load_sharded_state,
     save_sharded_state,
 )
@@ -76,6 +77,15 @@ class FSDPMixin(BaseTrainer):
         if not is_sharded(self.model):
             return super().full_model_state_dict()
         return full_model_state_dict(self.model, keep=self.is_local_process_zero)
+
+    @override
+    def load_full_model_state_dict(self, weights: dict[str, Any]) -> None:
+        """Complete weights go into the shards: each process keeps its part (a model that is
+        not sharded loads them as without FSDP)."""
+        if not is_sharded(self.model):
+            super().load_full_model_state_dict(weights)
+            return
+        load_full_weights(self.model, weights)
 
     @override
     def save_engine_state(self, folder: Path) -> None:

@@ -4,11 +4,13 @@
 
 ``fsdp_run.py OUT.json [--trainer fsdp|plain] [--plain-first] [--accumulation A]
 [--clip-norm C] [--save-at-update N --state-dir D] [--resume-from D] [--epochs E]
-[--export PATH] [--scheduler] [--mixed-precision P]``: trains a small MLP with a fixed seed;
+[--export PATH] [--reload-check PATH] [--scheduler] [--mixed-precision P]``: trains a small MLP with a fixed seed;
 the first process writes the run's losses, update count, learning rates and final weights (as
 lists) to OUT.json. ``--plain-first``: the plain ``Trainer`` trains the same run first, in the
 same processes, in fp32 (saving, resuming and exporting nothing); its record is OUT.json's
-``plain``.
+``plain``. ``--reload-check PATH``: after the run, ``load_checkpoint`` of a fresh model's
+weights (written to PATH) into the sharded model; OUT.json's ``reloaded`` is what the model
+then holds (the trained weights are loaded back from ``--export`` afterwards).
 
 ``--raw-train DIR`` / ``--raw-resume DIR``: afterwards, in the same processes, run
 tests/scripts/sharded_state_run.py's ``train`` / ``resume`` (raw ``fully_shard``) into DIR.
@@ -126,6 +128,19 @@ def train(args: argparse.Namespace, kind: str) -> dict[str, Any] | None:
     )
     if args.export and engine:
         trainer.save_checkpoint(args.export)
+    reloaded = None
+    if args.reload_check and engine:
+        # load_checkpoint into the sharded model: other weights (a fresh model's) come back.
+        torch.manual_seed(123)
+        other = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Dropout(0.1), nn.Linear(16, 1))
+        path = pathlib.Path(args.reload_check)
+        if trainer.is_world_process_zero:
+            torch.save({"model_state_dict": other.state_dict()}, path)
+        trainer.wait_for_everyone()
+        trainer.load_checkpoint(path, load_optimizer=False)
+        reloaded = {k: v.tolist() for k, v in trainer.full_model_state_dict().items()}
+        if args.export:  # put the trained weights back for the record below
+            trainer.load_checkpoint(args.export, load_optimizer=False)
     weights = trainer.full_model_state_dict()  # every process takes part
     if not trainer.is_world_process_zero:
         return None
@@ -135,6 +150,7 @@ def train(args: argparse.Namespace, kind: str) -> dict[str, Any] | None:
         "updates": record.updates,
         "lrs": record.lrs,
         "weights": {name: tensor.tolist() for name, tensor in weights.items()},
+        "reloaded": reloaded,
         "model": type(trainer.model).__name__,
         "optimizer": type(trainer.optimizer).__name__,
         "distributed_type": str(trainer.accelerator.distributed_type),
@@ -156,6 +172,7 @@ def main() -> None:
     parser.add_argument("--resume-from", default=None)
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--export", default=None)
+    parser.add_argument("--reload-check", default=None)
     parser.add_argument("--scheduler", action="store_true")
     parser.add_argument("--mixed-precision", default=None)
     parser.add_argument("--raw-train", default=None)
