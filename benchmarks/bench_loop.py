@@ -93,9 +93,14 @@ def _make_workload(num_samples: int):
     y = torch.randint(0, 10, (num_samples,), generator=generator)
     dataset = torch.utils.data.TensorDataset(x, y)
     torch.manual_seed(0)
-    model = nn.Sequential(
-        nn.Linear(784, 128), nn.ReLU(), nn.Linear(128, 64), nn.ReLU(), nn.Linear(64, 10)
-    )
+    if os.environ.get("BENCH_LOOP_WORKLOAD") == "tiny":  # pure per-step cost
+        x = x[:, :32].contiguous()
+        dataset = torch.utils.data.TensorDataset(x, y)
+        model = nn.Sequential(nn.Linear(32, 16), nn.ReLU(), nn.Linear(16, 10))
+    else:
+        model = nn.Sequential(
+            nn.Linear(784, 128), nn.ReLU(), nn.Linear(128, 64), nn.ReLU(), nn.Linear(64, 10)
+        )
     loss_func = nn.CrossEntropyLoss()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
     return dataset, model, loss_func, optimizer
@@ -513,8 +518,16 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help=f"exit 1 when trainer_default is above {TARGET_RATIO}x plain",
     )
+    parser.add_argument(
+        "--workload",
+        choices=("small", "tiny"),
+        default="small",
+        help="small: MLP 784-128-64-10 (default); tiny: MLP 32-16-10 (pure per-step cost)",
+    )
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.workload == "tiny":  # the workers (fresh subprocesses) inherit it
+        os.environ["BENCH_LOOP_WORKLOAD"] = "tiny"
 
     if args.worker:
         result = worker(args.worker, args.samples, args.batch_size)
