@@ -47,6 +47,27 @@ def test_zero2_in_bf16_trains_close_to_fp32(tmp_path: pathlib.Path) -> None:
     assert bf16["train_loss"] == pytest.approx(fp32["train_loss"], rel=0.05)
 
 
+def test_a_deepspeed_fp16_overflow_skips_the_update_and_its_scheduler_step(
+    tmp_path: pathlib.Path,
+) -> None:
+    # A loss scale of 2**20 overflows fp16 gradients at first: DeepSpeed skips those steps
+    # and halves the scale (hysteresis 1) until the steps go through. A skipped update still
+    # fires on_optimizer_step_end (counted, as in pytorch-accelerated) but does not step the
+    # scheduler: StepLR(step_size=2, gamma=0.5) has stepped once per update that was applied.
+    pytest.importorskip("deepspeed")
+    fp16 = {"enabled": True, "initial_scale_power": 20, "hysteresis": 1, "loss_scale_window": 100}
+    config = json.dumps({"fp16": fp16})
+    run = _run(tmp_path, "fp16", "--stage", "2", "--scheduler", "--epochs", "6", "--config", config)
+    skipped = run["skipped"]
+    assert any(skipped), "no step overflowed: the test needs a larger initial scale"
+    assert not all(skipped)
+    assert run["updates"] == list(range(1, run["num_updates"] + 1))
+    applied = 0
+    for lr, was_skipped in zip(run["lrs"], skipped, strict=True):
+        applied += not was_skipped
+        assert lr == pytest.approx(0.02 * 0.5 ** (applied // 2))
+
+
 # -- FSDP2 (FSDPTrainer) on one GPU ------------------------------------------------------------
 
 FSDP_SCRIPT = pathlib.Path(REPO_ROOT) / "tests" / "scripts" / "fsdp_run.py"

@@ -28,17 +28,20 @@ from pa_mixins.callbacks import TrainerCallback
 class Record(TrainerCallback):
     """Saves a training state after a given update (inside an accumulation group when the
     update count is reached mid-group: the save is requested at micro-batch level) and records
-    the learning rate and the update count of each on_optimizer_step_end."""
+    the learning rate, the update count and whether the step was skipped (fp16 overflow) at
+    each on_optimizer_step_end."""
 
     def __init__(self, save_at_update: int | None, state_dir: str | None) -> None:
         self.save_at_update = save_at_update
         self.state_dir = state_dir
         self.updates: list[int] = []
         self.lrs: list[float] = []
+        self.skipped: list[bool] = []
 
     def on_optimizer_step_end(self, trainer: Any, num_updates: int, **kwargs: Any) -> None:
         self.updates.append(num_updates)
         self.lrs.append(trainer.optimizer.param_groups[0]["lr"])
+        self.skipped.append(bool(trainer.optimizer_step_was_skipped))
 
     def on_train_step_end(self, trainer: Any, step: int, **kwargs: Any) -> None:
         if self.save_at_update is not None and trainer.num_updates == self.save_at_update:
@@ -124,6 +127,7 @@ def main() -> None:
         "num_updates": trainer.num_updates,
         "updates": record.updates,
         "lrs": record.lrs,
+        "skipped": record.skipped,
         "weights": {name: tensor.tolist() for name, tensor in weights.items()},
         "engine": type(trainer.engine).__name__,
         "state_error": state_error,
