@@ -531,6 +531,18 @@ class BaseTrainer:
         """Whether ``flag`` is true on at least one process (every process must call it)."""
         raise self._missing("any_process")
 
+    @property
+    def forward_is_collective(self) -> bool:
+        """Whether a forward pass of the run's model is a collective operation, which every
+        process must run as often as the others: ``True`` for FSDP and DeepSpeed ZeRO-3 on
+        several processes (each forward pass gathers the sharded parameters), ``False`` on one
+        process and under DDP (evaluation runs through the module inside the wrapper). When
+        it is ``True``, evaluation and ``predict()`` keep the processes in step (see
+        ``EvaluationMixin``). Supplied by the adapter (``AccelerateMixin``), which decides
+        what kind of run this is; an adapter for another engine overrides it (no ``super()``).
+        Known from the start of the run (``_begin_run``); asks no other process."""
+        raise self._missing("forward_is_collective")
+
     def wait_for_everyone(self) -> None:
         """Block until every process reaches this point."""
         raise self._missing("wait_for_everyone")

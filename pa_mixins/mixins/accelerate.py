@@ -47,6 +47,7 @@ from pa_mixins.engines import (
     prepare_deepspeed_environment,
     reconcile_deepspeed_config,
 )
+from pa_mixins.sharded_state import is_sharded
 from pa_mixins.utils import remove_padding
 
 if TYPE_CHECKING:
@@ -92,10 +93,17 @@ def _not_an_update(accelerator: Accelerator) -> Iterator[None]:
 
 def reset_accelerate_state() -> None:
     """Forget Accelerate's process-wide state (mixed precision, plugins), keeping the process
-    group. Tests call it between cases."""
-    from accelerate.state import AcceleratorState
+    group. Tests call it between cases.
 
-    AcceleratorState._reset_state(reset_partial_state=False)
+    An FSDP state writes FSDP into Accelerate's process state (``PartialState``), which the
+    next state takes as given, skipping the setup of its FSDP plugin (so a second FSDP run in
+    a process, e.g. ``evaluate()`` after ``train()``, failed): that process state is then
+    forgotten too, and derived again from the launch when the next ``Accelerator`` is made
+    (the process group exists already and is not created again)."""
+    from accelerate.state import AcceleratorState, PartialState
+
+    derive_again = PartialState._shared_state.get("distributed_type") == _FSDP
+    AcceleratorState._reset_state(reset_partial_state=derive_again)
 
 
 class AccelerateMixin(BaseTrainer):
@@ -263,10 +271,18 @@ class AccelerateMixin(BaseTrainer):
 
         After a DeepSpeed run, whose engine now holds the model and the optimizer (sharded
         from ZeRO-1 on), ``evaluate()`` and ``predict()`` run through that engine instead, and
-        a second ``train()`` is refused with a clear error."""
+        a second ``train()`` is refused with a clear error. After an FSDP run, whose model
+        ``fully_shard`` changed in place (Accelerate cannot prepare it again), likewise:
+        ``evaluate()`` and ``predict()`` run on that run's ``Accelerator`` and sharded model,
+        and a second ``train()`` is refused."""
         trains, self._run_trains = self._run_trains, False
         engine = self.engine if self._accelerator is not None else None
-        self._reusing_engine = engine is not None and not trains
+        sharded = (
+            self._accelerator is not None
+            and self._accelerator.distributed_type == _FSDP
+            and is_sharded(self.model)
+        )
+        self._reusing_engine = (engine is not None or sharded) and not trains
         if self._reusing_engine:
             self._defer_stops = self.accelerator.num_processes > 1
             self._deferred_stop = None
@@ -278,6 +294,12 @@ class AccelerateMixin(BaseTrainer):
                 f"stage {engine.zero_optimization_stage()} shards them), which cannot be set up "
                 "a second time: train again with a new trainer (load the exported weights or "
                 "resume from a training state)"
+            )
+        if sharded:
+            raise RuntimeError(
+                "This trainer's model is now sharded by its FSDP run (fully_shard changed it in "
+                "place), and Accelerate cannot prepare it a second time: train again with a new "
+                "trainer (load the exported weights or resume from a training state)"
             )
         if self._accelerator is not None:
             self._accelerator.free_memory()
@@ -375,8 +397,9 @@ class AccelerateMixin(BaseTrainer):
             }
             return model, optimizer, train_dataloader, loaders
         acc = self.accelerator
-        if self._reusing_engine:  # evaluation or prediction after a DeepSpeed run
-            return self.engine, optimizer, None, self._prepare_eval_dataloader(eval_dataloader)
+        if self._reusing_engine:  # evaluation or prediction after a DeepSpeed or FSDP run
+            prepared = self.engine if self.engine is not None else model  # FSDP: sharded
+            return prepared, optimizer, None, self._prepare_eval_dataloader(eval_dataloader)
         if acc.distributed_type == _DEEPSPEED and self._engine_settings is not None:
             config = acc.state.deepspeed_plugin.deepspeed_config
             reconcile_deepspeed_config(config, self._engine_settings, acc.num_processes)
@@ -483,6 +506,25 @@ class AccelerateMixin(BaseTrainer):
             return flag
         total = self.reduce_sum(torch.tensor([1.0 if flag else 0.0], device=self.device))
         return bool(total.item() > 0)
+
+    @property
+    @override
+    def forward_is_collective(self) -> bool:
+        """``True`` for FSDP and for DeepSpeed ZeRO-3 (the engine's stage after a DeepSpeed
+        run, else the config's), each on several processes; ``False`` otherwise (one
+        process, DDP, other engines)."""
+        acc = self.accelerator
+        if acc.num_processes == 1:
+            return False
+        if acc.distributed_type == _FSDP:
+            return True
+        if acc.distributed_type != _DEEPSPEED:
+            return False
+        engine = self.engine
+        if engine is not None:
+            return bool(engine.zero_optimization_stage() == 3)
+        plugin = acc.state.deepspeed_plugin
+        return plugin is not None and bool(plugin.hf_ds_config.is_zero3())
 
     @override
     def wait_for_everyone(self) -> None:
@@ -688,9 +730,10 @@ class AccelerateMixin(BaseTrainer):
         """The module inside a DDP wrapper (its forward pass runs no collective, so processes
         with different numbers of evaluation batches, or none, cannot hang), after its
         buffers (e.g. BatchNorm running statistics) are made equal to the first process's,
-        as DDP's next forward pass would. Other models are returned as they are. A compiled
-        DDP wrapper (the ``compile`` option) gives the module inside, compiled with the same
-        options (its compiled code is reused from one evaluation to the next)."""
+        as DDP's next forward pass would. Other models are returned as they are (the forward
+        pass of an FSDP or ZeRO-3 model stays collective: see :attr:`forward_is_collective`).
+        A compiled DDP wrapper (the ``compile`` option) gives the module inside, compiled with
+        the same options (its compiled code is reused from one evaluation to the next)."""
         model = self.model
         compiled = getattr(model, "_orig_mod", None)
         ddp = compiled if isinstance(compiled, nn.Module) else model

@@ -16,6 +16,9 @@ with the trainer's semantics carried into the engine.
   with ``torch.load(weights_only=False)``: load training states from trusted sources only.
 * ``save_checkpoint`` writes the full weights, gathered from ZeRO-3's shards, as a portable file
   that loads into the plain model with ``weights_only=True``.
+* Under ZeRO-3 on several processes each forward pass gathers the partitioned parameters, so
+  evaluation and ``predict()`` keep the processes' forward passes in step (a process with
+  fewer batches runs padding passes, see ``EvaluationMixin``).
 
 On a machine without GPUs DeepSpeed runs on one CPU process (its CPU backend is chosen and the
 launcher's variables set when no launcher ran); several CPU processes are refused. The

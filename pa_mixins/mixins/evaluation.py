@@ -6,16 +6,26 @@ evaluation forward pass runs no collective operation (through the module inside 
 wrapper, whose buffers are first made equal to the first process's), so processes with
 different numbers of batches, or none, never wait for each other. ``predict()`` returns the
 outputs of every sample, in dataset order, on every process.
+
+Under an engine whose forward pass is itself collective (FSDP or DeepSpeed ZeRO-3 on several
+processes, :attr:`~pa_mixins.base.BaseTrainer.forward_is_collective`: each forward pass
+gathers the sharded parameters), the processes agree once, at the start of each evaluation
+epoch (and of each ``predict()``), on the most batches any of them runs; a process with fewer
+then runs padding passes (its last batch again, or a one-sample batch of the dataset's first
+sample when it had none) until it has run as many, their outputs discarded and no callback
+event fired for them. The results are the same as without the engine. This needs loaders
+with a length: an ``IterableDataset`` for evaluation is refused there, before the run starts.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from functools import partial
 from itertools import islice
 from typing import Any
 
 import torch
-from torch.utils.data import IterableDataset, Subset
+from torch.utils.data import DataLoader, IterableDataset, Subset
 from typing_extensions import override
 
 from pa_mixins.base import BaseTrainer, BatchOutput
@@ -28,7 +38,7 @@ from pa_mixins.checks import (
     reads_loss_func,
     require_positive_int,
 )
-from pa_mixins.data import default_dataloader_kwargs, make_dataloader
+from pa_mixins.data import default_dataloader_kwargs, has_length, make_dataloader
 from pa_mixins.tracking import LossTracker
 
 __all__ = ["EvaluationMixin"]
@@ -64,6 +74,81 @@ def _shard(num_samples: int, num_processes: int, process_index: int) -> tuple[li
     return (indices, len(indices)) if indices else ([0], 0)
 
 
+def _check_countable(loader: Any) -> None:
+    """Refuse an evaluation loader whose batches cannot be counted before the epoch, under an
+    engine whose forward pass is collective."""
+    if isinstance(getattr(loader, "dataset", None), IterableDataset) or not has_length(loader):
+        raise ValueError(
+            "Evaluation and predict() on several processes under FSDP or DeepSpeed ZeRO-3 need "
+            "a map-style dataset (with a length): every forward pass gathers the sharded "
+            "parameters from all processes, so each process runs as many forward passes as "
+            "the one with the most batches, counted before the epoch starts; the batches of "
+            "an IterableDataset (or of a loader without a length) cannot be counted. Evaluate "
+            "a map-style dataset instead."
+        )
+
+
+def _spare_batch(loader: Any, place_on_device: Callable[[Any], Any]) -> Any:
+    """A batch of the first sample of ``loader``'s dataset, collated as ``loader`` collates and
+    placed on the device: what a process with no batch of its own runs its padding passes
+    on."""
+    dataset: Any = getattr(loader, "dataset", None)
+    if isinstance(dataset, IterableDataset) or not has_length(dataset) or len(dataset) == 0:
+        raise RuntimeError(
+            "This process has no evaluation batch to run the forward passes that the other "
+            "processes run (FSDP, DeepSpeed ZeRO-3), and its loader has no map-style dataset "
+            "to take one from: give the evaluation loader a .dataset and a .collate_fn"
+        )
+    batched = getattr(loader, "batch_sampler", None) is not None  # else batches come whole
+    spare = DataLoader(
+        Subset(dataset, [0]),
+        batch_size=1 if batched else None,
+        collate_fn=getattr(loader, "collate_fn", None),
+    )
+    return next(iter(place_on_device(spare)))
+
+
+class _InStep:
+    """One process's batches of an evaluation epoch (or of ``predict()``) when a forward pass
+    is a collective operation: every process must run as many forward passes as the process
+    with the most batches (``most``, agreed on before the epoch).
+
+    Iterating gives this process's real batches (``own`` of them, as counted); then
+    :meth:`padding` gives a batch for each forward pass still missing: the last real batch
+    again, or ``spare()`` when there was none."""
+
+    def __init__(
+        self, batches: Iterable[Any], own: int, most: int, spare: Callable[[], Any]
+    ) -> None:
+        self._batches = batches
+        self._own = own
+        self._most = most
+        self._spare = spare
+        self._seen = 0
+        self._last: Any = None
+
+    def __iter__(self) -> Iterator[Any]:
+        for batch in self._batches:
+            if self._seen == self._own:
+                raise RuntimeError(
+                    f"The evaluation loader gave more batches than its length ({self._own}), "
+                    "which every process counted to run as many collective forward passes "
+                    "(FSDP, DeepSpeed ZeRO-3) as the others: give it a correct __len__"
+                )
+            self._seen += 1
+            self._last = batch
+            yield batch
+
+    def padding(self) -> Iterator[Any]:
+        """The batches of the padding passes (none when this process ran the most)."""
+        missing = self._most - self._seen
+        if missing <= 0:
+            return
+        batch = self._last if self._seen else self._spare()
+        for _ in range(missing):
+            yield batch
+
+
 class EvaluationMixin(BaseTrainer):
     """Adds :meth:`evaluate` and the evaluation epoch used after each training epoch.
 
@@ -72,7 +157,10 @@ class EvaluationMixin(BaseTrainer):
     the recorded loss is the sample-weighted mean over all of them: the same, up to float
     rounding, as one process evaluating the whole set. The forward passes go through
     ``_model_for_evaluation()`` (the module inside a DDP wrapper, buffers equal to the first
-    process's), so ``self.model`` inside the evaluation hooks is that module.
+    process's), so ``self.model`` inside the evaluation hooks is that module. Under FSDP or
+    DeepSpeed ZeRO-3 on several processes (a collective forward pass) a process with fewer
+    batches runs padding passes until every process has run as many (see the module
+    docstring); the hooks run for them, the callbacks do not.
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -174,10 +262,14 @@ class EvaluationMixin(BaseTrainer):
         try:
             with self.substitute(model=self.model_for_evaluation()), torch.no_grad():
                 self.model.eval()
-                outputs = [
-                    self.calculate_batch_predictions(batch)
-                    for batch in self.place_dataloader_on_device(dataloader)
-                ]
+                placed = self.place_dataloader_on_device(dataloader)
+                if not self.forward_is_collective:
+                    outputs = [self.calculate_batch_predictions(batch) for batch in placed]
+                else:
+                    in_step = self._in_step(placed, None)
+                    outputs = [self.calculate_batch_predictions(batch) for batch in in_step]
+                    for batch in in_step.padding():
+                        self.calculate_batch_predictions(batch)  # in step; output discarded
             return self.gather_in_order(_concatenate(outputs), num_rows)
         finally:
             self._unwrap_model()
@@ -186,7 +278,9 @@ class EvaluationMixin(BaseTrainer):
         """The model outputs for one batch of :meth:`predict` (gradients are off, the model is
         in eval mode): ``self.model(batch[0])`` for a tuple or list batch, ``self.model(batch)``
         otherwise. Override for other batches; return a tensor (or a dict, list or tuple of
-        tensors) with one row per sample. No need to call ``super()``."""
+        tensors) with one row per sample. No need to call ``super()``. Under FSDP or DeepSpeed
+        ZeRO-3 on several processes it also runs the padding passes (their outputs are
+        discarded)."""
         inputs = batch[0] if isinstance(batch, (list, tuple)) else batch
         return self.model(inputs)
 
@@ -214,7 +308,9 @@ class EvaluationMixin(BaseTrainer):
     def create_eval_dataloader(
         self, batch_size: int, eval_dl_kwargs: dict[str, Any] | None = None
     ) -> Iterable[Any]:
-        """Create the evaluation loader from ``self.eval_dataset``."""
+        """Create the evaluation loader from ``self.eval_dataset``. Under FSDP or DeepSpeed
+        ZeRO-3 on several processes an ``IterableDataset`` is refused here, before the run
+        starts (see the module docstring)."""
         dataloader, self._eval_dl_kwargs = make_dataloader(
             self.eval_dataset,
             self.get_default_eval_dl_kwargs(batch_size),
@@ -223,6 +319,8 @@ class EvaluationMixin(BaseTrainer):
             shuffle_seed=None,
             device=self.device,
         )
+        if self.forward_is_collective:
+            _check_countable(dataloader)
         return dataloader
 
     def run_evaluation_epoch(
@@ -282,7 +380,12 @@ class EvaluationMixin(BaseTrainer):
         tracker.reset()
         self.call_loop_event("on_eval_epoch_start", is_intermediate=is_intermediate)
         limit = self.get_eval_batch_limit(is_training=is_training, is_intermediate=is_intermediate)
-        batches = valid_dl if limit is None else islice(valid_dl, limit)
+        in_step = self._in_step(valid_dl, limit) if self.forward_is_collective else None
+        batches: Iterable[Any]
+        if in_step is not None:
+            batches = in_step
+        else:
+            batches = valid_dl if limit is None else islice(valid_dl, limit)
         with torch.no_grad():
             for batch in batches:
                 self.call_loop_event("on_eval_step_start")
@@ -290,6 +393,9 @@ class EvaluationMixin(BaseTrainer):
                 check_batch_output(batch_output, "calculate_eval_batch_loss")
                 tracker.update(batch_output["loss"], batch_output["batch_size"])
                 self.call_loop_event("on_eval_step_end", batch_output=batch_output, batch=batch)
+            if in_step is not None:
+                for batch in in_step.padding():
+                    self.calculate_eval_batch_loss(batch)  # in step; output discarded
         self.agree_on_stop()
         self.eval_epoch_end()
         if is_intermediate:
@@ -302,6 +408,18 @@ class EvaluationMixin(BaseTrainer):
         self.call_loop_event("on_eval_epoch_end", is_intermediate=is_intermediate)
         self.agree_on_stop()
 
+    def _in_step(self, loader: Any, limit: int | None) -> _InStep:
+        """The batches of this process (at most ``limit``) with the padding passes that keep
+        it in step with the others, when a forward pass is collective. Every process calls it
+        (one gather of the numbers of batches)."""
+        _check_countable(loader)
+        own = len(loader) if limit is None else min(limit, len(loader))
+        most = int(self.gather(torch.tensor([own], device=self.device)).max().item())
+        batches = loader if limit is None else islice(loader, limit)
+        return _InStep(
+            batches, own, most, partial(_spare_batch, loader, self.place_dataloader_on_device)
+        )
+
     def get_eval_batch_limit(self, is_training: bool, is_intermediate: bool) -> int | None:
         """The most batches this process runs in the evaluation epoch that is starting, or
         ``None`` for all of them (the default when no callback sets a limit).
@@ -312,7 +430,9 @@ class EvaluationMixin(BaseTrainer):
         (e.g. :class:`~pa_mixins.callbacks.LimitEvalStepsCallback`), so the order of the
         callbacks does not matter. The loop then runs the first ``limit`` batches of this
         process's loader. Override to set a limit in a trainer; each process answers for
-        itself. No cost per batch: without a limit the loader is iterated as it is.
+        itself (under FSDP or ZeRO-3 the processes then agree on the most batches any of them
+        runs, as without a limit). No cost per batch: without a limit the loader is iterated
+        as it is.
 
         :param is_training: whether the epoch runs inside ``train()`` (``False`` in
             ``evaluate()``).
@@ -342,7 +462,10 @@ class EvaluationMixin(BaseTrainer):
     @reads_loss_func
     def calculate_eval_batch_loss(self, batch: Any) -> BatchOutput:
         """Compute an evaluation batch's loss (gradients are off). Same contract as
-        ``calculate_train_batch_loss``."""
+        ``calculate_train_batch_loss``. Under FSDP or DeepSpeed ZeRO-3 on several processes it
+        also runs the padding passes of a process with fewer batches, whose outputs are
+        discarded without any callback event: update metrics in callbacks
+        (``on_eval_step_end``), not here."""
         try:
             xb, yb = batch[0], batch[1]
         except (KeyError, IndexError, TypeError) as error:

@@ -18,6 +18,13 @@ FSDP2 (``fully_shard``), through Accelerate's FSDP plugin.
   training states from trusted sources only.
 * ``save_checkpoint`` exports the full weights, gathered from the shards one tensor at a
   time, as a portable file that loads into the plain model with ``weights_only=True``.
+* Evaluation (after each epoch and ``evaluate()``) and ``predict()`` on several processes
+  give what one process gives (every sample once, in order): each forward pass all-gathers
+  sharded parameters, a collective operation, so a process with fewer batches (or none) runs
+  padding passes, outputs discarded and unseen by callbacks, until it has run as many as the
+  others (``EvaluationMixin``); an ``IterableDataset`` for evaluation is refused. After
+  ``train()``, ``evaluate()`` and ``predict()`` use the run's sharded model; a second
+  ``train()`` of the same trainer is refused (``fully_shard`` changed the model in place).
 """
 
 from __future__ import annotations
