@@ -104,8 +104,12 @@ def test_killed_at_random_moments_then_resumed_gives_the_uninterrupted_run(
     tmp_path: Path, reference: dict
 ) -> None:
     rng = random.Random()
-    kill_at_step = rng.randint(7, 28)  # after the first state (update 2 = micro-batch 6)
-    kill_in_write = rng.randint(1, 6)  # in the middle of a state's files
+    # 30 micro-batches in groups of 3 per epoch (3, 3, 3, 1): 12 updates, a state every 2.
+    kill_at_step = rng.randint(7, 20)  # after the first state (update 2 = micro-batch 6)
+    # In the middle of a state's files: the resumed run still writes at least two states
+    # (updates 10 and 12) of at least two files each. (Up to 28 and 6 before: a kill at
+    # micro-batch 28 left fewer than 6 writes, and the second run then finished.)
+    kill_in_write = rng.randint(1, 4)
     note = f"kill_at_step={kill_at_step}, kill_in_write={kill_in_write}"
     states = tmp_path / "states"
     common = ("--state-dir", str(states), "--periodic", "2")
