@@ -18,9 +18,11 @@ from pa_mixins.callback_base import StopTrainingError
 __all__ = [
     "DEFAULT_PROCESS_GROUP_TIMEOUT_S",
     "PendingStopAgreement",
+    "StopFlagInGradients",
     "agreed_stop",
     "as_timedelta",
     "broadcast_buffers_from_main",
+    "carry_stop_flag",
     "register_exit_handler",
     "start_stop_agreement",
 ]
@@ -101,13 +103,105 @@ class PendingStopAgreement:
         self._work.wait()
         if int(self._flag.item()) == 0:
             return None
-        errors: list[Any] = [None] * torch.distributed.get_world_size()
-        torch.distributed.all_gather_object(errors, _picklable(self.error), group=self._group)
-        if self.error is not None:
-            return self.error
-        rank, first = next((r, e) for r, e in enumerate(errors) if e is not None)
-        first.process_index = rank
-        return first
+        return _first_stop(self.error, self._group)
+
+
+def _first_stop(error: StopTrainingError | None, group: Any) -> StopTrainingError:
+    """Once the processes know that at least one holds a stop: the error of the lowest such
+    process (this process's own if it holds one), ``process_index`` set to that process's."""
+    errors: list[Any] = [None] * torch.distributed.get_world_size()
+    torch.distributed.all_gather_object(errors, _picklable(error), group=group)
+    if error is not None:
+        return error
+    rank, first = next((r, e) for r, e in enumerate(errors) if e is not None)
+    first.process_index = rank
+    return first
+
+
+class StopFlagInGradients:
+    """The stop agreement carried by DDP's gradient all-reduce on CPU processes (gloo), where
+    a collective of its own costs about as much as the all-reduce of a small model's
+    gradients: a communication hook (:func:`carry_stop_flag`) appends one number, this
+    process's flag, to the first gradient bucket each synchronised backward pass reduces, and
+    reads the sum back when the gradients arrive (reading a CPU tensor costs no device sync).
+
+    :meth:`arm` before the backward pass of an update (with the stop this process holds);
+    :meth:`take` after it: ``(error, number of processes holding a stop)``, or ``None`` for
+    the count when no synchronised backward pass ran since :meth:`arm` (then none ran on any
+    process: the all-reduce is collective)."""
+
+    def __init__(self, world_size: int) -> None:
+        self.world_size = world_size
+        self.armed = False
+        self._error: StopTrainingError | None = None
+        self._total: float | None = None
+
+    def arm(self, error: StopTrainingError | None) -> None:
+        self.armed, self._error, self._total = True, error, None
+
+    def flag(self) -> float:
+        return 1.0 if self.armed and self._error is not None else 0.0
+
+    def received(self, total: float) -> None:
+        self._total = total
+
+    def take(self) -> tuple[StopTrainingError | None, float | None]:
+        error, total = self._error, self._total
+        self.armed, self._error, self._total = False, None, None
+        return error, total
+
+    def first_stop(self, error: StopTrainingError | None, timeout: timedelta) -> StopTrainingError:
+        """After a count above zero: the stop every process raises (see :func:`agreed_stop`)."""
+        return _first_stop(error, _stop_agreement_group(timeout))
+
+
+def _stop_flag_hook(carrier: StopFlagInGradients, bucket: Any) -> torch.futures.Future[Any]:
+    """DDP's own averaging all-reduce (``allreduce_hook``: divide by the world size, then sum),
+    with the flag appended to bucket 0, the first bucket reduced (at most 1 MB by default, so
+    the copy is small)."""
+    buffer = bucket.buffer()
+    buffer.div_(carrier.world_size)
+    if bucket.index() != 0:
+        return (
+            torch.distributed.all_reduce(buffer, async_op=True)
+            .get_future()
+            .then(lambda fut: fut.value()[0])
+        )
+    flag = torch.tensor([carrier.flag()], dtype=buffer.dtype, device=buffer.device)
+    extended = torch.cat([buffer, flag])
+
+    def done(fut: torch.futures.Future[Any]) -> torch.Tensor:
+        reduced: torch.Tensor = fut.value()[0]
+        carrier.received(float(reduced[-1]))
+        return reduced[:-1]
+
+    return torch.distributed.all_reduce(extended, async_op=True).get_future().then(done)
+
+
+# DDP checks a hook's annotations as objects; this module's are strings (postponed).
+_stop_flag_hook.__annotations__ = {
+    "carrier": StopFlagInGradients,
+    "bucket": getattr(torch.distributed, "GradBucket", Any),  # absent in builds without it
+    "return": torch.futures.Future[torch.Tensor],
+}
+
+
+def carry_stop_flag(model: nn.Module) -> StopFlagInGradients | None:
+    """Register the stop-flag hook on ``model``, a ``DistributedDataParallel`` on CPU processes
+    with the default (gloo) group; ``None`` (and nothing registered) where that does not apply
+    or another communication hook is registered already."""
+    if not isinstance(model, nn.parallel.DistributedDataParallel):
+        return None
+    if torch.distributed.get_backend() != "gloo" or model.device_ids:
+        return None
+    if any(p.device.type != "cpu" for p in model.parameters()):
+        return None
+    carrier = StopFlagInGradients(torch.distributed.get_world_size())
+    try:
+        model.register_comm_hook(carrier, _stop_flag_hook)
+    except RuntimeError:  # a hook of the user's (or Accelerate's) is there
+        return None
+    return carrier
 
 
 def start_stop_agreement(

@@ -83,6 +83,7 @@ EXPECTED_OWNERS: dict[str, str] = {
     "_defer_stops": "AccelerateMixin",
     "_deferred_stop": "AccelerateMixin",
     "_pending_stop_agreement": "AccelerateMixin",
+    "_stop_flag_carrier": "AccelerateMixin",
     "process_group_timeout": "AccelerateMixin",
     "_engine_settings": "AccelerateMixin",
     "_run_trains": "AccelerateMixin",

@@ -36,9 +36,11 @@ from pa_mixins.callback_base import StopTrainingError
 from pa_mixins.distributed import (
     DEFAULT_PROCESS_GROUP_TIMEOUT_S,
     PendingStopAgreement,
+    StopFlagInGradients,
     agreed_stop,
     as_timedelta,
     broadcast_buffers_from_main,
+    carry_stop_flag,
     register_exit_handler,
     start_stop_agreement,
 )
@@ -138,6 +140,7 @@ class AccelerateMixin(BaseTrainer):
         self._defer_stops = False
         self._deferred_stop: StopTrainingError | None = None
         self._pending_stop_agreement: PendingStopAgreement | None = None
+        self._stop_flag_carrier: StopFlagInGradients | None = None
         self._accelerator: Accelerator | None = None
         self._engine_owns_optimizer = False
         self._engine_settings: EngineSettings | None = None
@@ -309,6 +312,7 @@ class AccelerateMixin(BaseTrainer):
         self._defer_stops = acc.num_processes > 1
         self._deferred_stop = None
         self._pending_stop_agreement = None
+        self._stop_flag_carrier = None
 
     @staticmethod
     def _uses_accelerate_wrappers(acc: Accelerator) -> bool:
@@ -413,6 +417,8 @@ class AccelerateMixin(BaseTrainer):
             self._set_even_batches(objects[3], False)
             return objects[0], objects[1], objects[2], objects[3]
         model = acc.prepare_model(model)
+        if self._defer_stops:
+            self._stop_flag_carrier = carry_stop_flag(model)
         if self._compile_kwargs is not None:
             model = self._compiled(model, self._compile_kwargs)
         if optimizer is not None and optimizer.state and acc.device.type != "cpu":
@@ -683,7 +689,16 @@ class AccelerateMixin(BaseTrainer):
 
     @override
     def start_stop_agreement(self) -> None:
+        """Where DDP reduces the gradients of CPU processes (gloo), the flag rides in that
+        all-reduce (:class:`~pa_mixins.distributed.StopFlagInGradients`): no collective of its
+        own. Elsewhere (GPUs, engines) a flag all-reduce on a gloo group starts now, without
+        waiting, and runs beside the backward pass."""
         if not self._defer_stops or self._pending_stop_agreement is not None:
+            return
+        carrier = self._stop_flag_carrier
+        if carrier is not None:
+            error, self._deferred_stop = self._deferred_stop, None
+            carrier.arm(error)
             return
         if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
             return  # agree_on_stop agrees through Accelerate, waiting
@@ -699,6 +714,18 @@ class AccelerateMixin(BaseTrainer):
         with ``process_index`` set to that process. A stop raised after the agreement started
         waits for the next one. Not meant to be overridden."""
         if not self._defer_stops:
+            return
+        carrier = self._stop_flag_carrier
+        if carrier is not None and carrier.armed:
+            error, holding = carrier.take()
+            if holding is None:  # no synchronised backward pass ran (on any process)
+                agreed = agreed_stop(error, self.process_group_timeout)
+            elif holding > 0:
+                agreed = carrier.first_stop(error, self.process_group_timeout)
+            else:
+                agreed = None
+            if agreed is not None:
+                raise agreed
             return
         pending, self._pending_stop_agreement = self._pending_stop_agreement, None
         if pending is not None:
