@@ -304,8 +304,13 @@ class AccelerateMixin(BaseTrainer):
                 "place), and Accelerate cannot prepare it a second time: train again with a new "
                 "trainer (load the exported weights or resume from a training state)"
             )
-        if self._accelerator is not None:
-            self._accelerator.free_memory()
+        previous = self._accelerator
+        if previous is not None:
+            device = getattr(previous.state, "device", None)  # None after a state reset
+            if self._engine_owns_optimizer or device is None or device.type != "cpu":
+                # Frees the previous run's device memory (engines included). It runs
+                # gc.collect(), a tenth of a second in a large process: not after a CPU run.
+                previous.free_memory()
         self._accelerator = self._create_accelerator()
         acc = self._accelerator
         self._engine_owns_optimizer = self._uses_accelerate_wrappers(acc)
