@@ -49,13 +49,14 @@ import argparse
 import itertools
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from _common import machine_info
 
 HERE = Path(__file__).resolve().parent
 RESULTS_DIR = HERE / "results"
@@ -336,27 +337,6 @@ def _probe(python: str, code: str) -> str | None:
     return proc.stdout.strip() if proc.returncode == 0 else None
 
 
-def _machine_info() -> dict:
-    cpu_model = platform.processor() or "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu_model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    try:
-        usable = len(os.sched_getaffinity(0))
-    except AttributeError:
-        usable = os.cpu_count()
-    return {
-        "cpu_model": cpu_model,
-        "logical_cpus": os.cpu_count(),
-        "usable_cpus": usable,
-        "platform": platform.platform(),
-    }
-
-
 def _versions(python: str, modules: list[str]) -> dict | None:
     code = (
         "import json, sys, importlib\n"
@@ -580,7 +560,7 @@ def main(argv: list[str] | None = None) -> int:
     data = {
         "date_utc": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime()),
         "command": command.strip(),
-        "machine": _machine_info(),
+        "machine": machine_info(),
         "versions": _versions(sys.executable, ["torch", "accelerate", "pa_mixins"]),
         "pa_python": args.pa_python,
         "pa_versions": pa_versions,

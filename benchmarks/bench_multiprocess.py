@@ -43,12 +43,13 @@ import argparse
 import itertools
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+from _common import machine_info, paired_ratios, versions
 
 HERE = Path(__file__).resolve().parent
 MARKER = "BENCH_RESULT "
@@ -228,22 +229,20 @@ def _launch(variant: str, workload: str, args: argparse.Namespace) -> dict:
 
 
 def _summarise(runs: dict[str, list[dict]]) -> dict[str, dict]:
-    baseline = runs["ddp"]
+    baseline = [b["epoch_s"] for b in runs["ddp"]]
     summary = {}
     for variant, results in runs.items():
-        ratios = [r["epoch_s"] / b["epoch_s"] for r, b in zip(results, baseline, strict=True)]
+        epochs = [r["epoch_s"] for r in results]
         steps = results[0]["steps"]
-        median = statistics.median(r["epoch_s"] for r in results)
+        median = statistics.median(epochs)
         summary[variant] = {
             "description": VARIANTS[variant],
             "runs": len(results),
             "updates_per_process": steps,
             "median_epoch_s": median,
-            "median_paired_ratio": statistics.median(ratios),
+            **paired_ratios(epochs, baseline),
             "us_per_update": median / steps * 1e6,
-            "overhead_us_per_update": (median - statistics.median(b["epoch_s"] for b in baseline))
-            / steps
-            * 1e6,
+            "overhead_us_per_update": (median - statistics.median(baseline)) / steps * 1e6,
         }
     return summary
 
@@ -262,19 +261,6 @@ def _table(summaries: dict[str, dict[str, dict]]) -> str:
                 f"| {s['overhead_us_per_update']:+.0f} |"
             )
     return "\n".join(lines) + "\n"
-
-
-def _versions() -> dict:
-    import accelerate
-    import torch
-
-    return {
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "accelerate": accelerate.__version__,
-        "cpu": platform.processor() or platform.machine(),
-        "cpus": os.cpu_count(),
-    }
 
 
 def main() -> int:
@@ -321,7 +307,7 @@ def main() -> int:
     payload = {
         "date": time.strftime("%Y-%m-%d"),
         "command": command.strip(),
-        "machine": _versions(),
+        "machine": {**machine_info(), **versions()},
         "samples": args.samples,
         "summary": summaries,
         "runs": all_runs,
