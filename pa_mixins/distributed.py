@@ -159,14 +159,12 @@ def _stop_flag_hook(carrier: StopFlagInGradients, bucket: Any) -> torch.futures.
     """DDP's own averaging all-reduce (``allreduce_hook``: divide by the world size, then sum),
     with the flag appended to bucket 0, the first bucket reduced (at most 1 MB by default, so
     the copy is small)."""
+    if bucket.index() != 0:
+        from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import allreduce_hook
+
+        return allreduce_hook(None, bucket)  # type: ignore[arg-type]  # None: the default group
     buffer = bucket.buffer()
     buffer.div_(carrier.world_size)
-    if bucket.index() != 0:
-        return (
-            torch.distributed.all_reduce(buffer, async_op=True)
-            .get_future()
-            .then(lambda fut: fut.value()[0])
-        )
     flag = torch.tensor([carrier.flag()], dtype=buffer.dtype, device=buffer.device)
     extended = torch.cat([buffer, flag])
 

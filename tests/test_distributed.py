@@ -357,3 +357,18 @@ def test_convert_sync_batch_norm_does_nothing_on_one_process() -> None:
     trainer.train(make_regression_data(16), num_epochs=1, per_device_batch_size=4)
     assert isinstance(trainer.model[1], nn.BatchNorm1d)
     assert not isinstance(trainer.model[1], nn.SyncBatchNorm)
+
+
+@pytest.mark.multiprocess
+def test_the_stop_flag_rides_in_ddps_gradient_all_reduce(tmp_path: pathlib.Path) -> None:
+    # The communication hook of the stop agreement on CPU processes: bucket 0 carries the
+    # flag, the other buckets go through torch's allreduce_hook; the gradients are those of
+    # DDP's own all-reduce, bit for bit, and every process gets the number of stops.
+    done = _run([*torchrun(2), str(SCRIPTS / "dist_stop_flag.py"), str(tmp_path)])
+    assert done.returncode == 0, done.stderr[-3000:]
+    results = _results(tmp_path)
+    assert len(results) == 2
+    for result in results:
+        assert 0 in result["buckets"] and max(result["buckets"]) >= 1  # both kinds of bucket
+        assert result["difference"] == 0.0
+        assert result["sums"] == [0.0, 1.0]
