@@ -115,6 +115,20 @@ def test_the_pytorch_accelerated_module_paths_still_import(module_name: str) -> 
     importlib.import_module(module_name)
 
 
+def _run_python(script: str) -> subprocess.CompletedProcess[str]:
+    """``script`` in a fresh interpreter (nothing imported yet); it must succeed."""
+    done = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=launch_env(use_cpu=False),
+        cwd=REPO_ROOT,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done
+
+
 def test_importing_the_package_has_no_side_effect() -> None:
     # In a fresh interpreter where the libraries pa_mixins uses are already imported (accelerate
     # adds a warnings filter of its own): the random generators, torch's global settings,
@@ -151,15 +165,7 @@ def test_importing_the_package_has_no_side_effect() -> None:
         print("CHANGED", changed)
         """
     )
-    done = subprocess.run(
-        [sys.executable, "-c", script],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env=launch_env(use_cpu=False),
-        cwd=REPO_ROOT,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
+    done = _run_python(script)
     assert "CHANGED []" in done.stdout, done.stdout
 
 
@@ -175,15 +181,7 @@ def test_importing_the_package_does_not_import_accelerate() -> None:
         print("SAME", pa_mixins.notebook_launcher is accelerate.notebook_launcher)
         """
     )
-    done = subprocess.run(
-        [sys.executable, "-c", script],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env=launch_env(use_cpu=False),
-        cwd=REPO_ROOT,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
+    done = _run_python(script)
     assert "LOADED []" in done.stdout, done.stdout
     assert "SAME True" in done.stdout, done.stdout
 
@@ -377,15 +375,7 @@ def test_every_module_can_be_imported_first() -> None:
         print("FAILED", failed)
         """
     )
-    done = subprocess.run(
-        [sys.executable, "-c", script],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env=launch_env(use_cpu=False),
-        cwd=REPO_ROOT,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
+    done = _run_python(script)
     assert "FAILED []" in done.stdout, done.stdout[-5000:]
 
 
